@@ -1,0 +1,286 @@
+"""Tiny offline models shaped like the real ones: `python -m data.tiny [--out DIR]`.
+
+No hub is reachable in tests, CI or on the GPU machine, so the project builds its own models:
+- `t2i/`:     a QwenImagePipeline (Qwen-Image shape, ~2 MB),
+- `edit/`:    a QwenImageEditPipeline (Qwen-Image-Edit shape),
+- `qwen3vl/`: a Qwen3VLForConditionalGeneration with its processor (the judge / captioner).
+
+Every builder is seeded, so two builds give identical files. A build is cached under a key
+made from this file's source and the library versions: editing this file rebuilds.
+They load through `from_pretrained(path)`, exactly like a hub model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+DEFAULT_DIR = Path(os.environ.get("GENSCORE_TINY_DIR", Path(__file__).resolve().parent.parent / ".cache" / "tiny"))
+MODELS = ("t2i", "edit", "qwen3vl")
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+# Qwen-Image drops the first 34 (t2i) / 64 (edit) hidden states: the length of its system
+# prompt in Qwen's tokenizer. Training the tiny BPE on these texts makes every word of them a
+# single token, so the tiny tokenizer splits them into exactly as many tokens as Qwen's does.
+QWEN_IMAGE_SYSTEM_PROMPTS = [
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
+    "text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n",
+    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, "
+    "objects, background), then explain how the user's text instruction should alter or modify the "
+    "image. Generate a new image that meets the user's requirements while maintaining consistency "
+    "with the original input where appropriate.<|im_end|>\n<|im_start|>user\n",
+]
+
+# A Qwen-style chat template: plain text content or a list of {"type": "image"|"text"} parts.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+WORDS = (
+    "a an the red green blue yellow purple orange black white gray pink brown circle square "
+    "triangle star heart cube sphere cat dog bird tree house car boat mountain river sky cloud "
+    "sun moon flower apple cup chair table lamp book shape size color texture quantity text "
+    "spatial relationships objects background image photo picture drawing painting style make "
+    "turn change add remove replace into with without on in under over next to near far left "
+    "right top bottom small large big tiny bright dark shiny matte wooden metal glass stone "
+    "describe score rate edit success over editing naturalness artifacts reasoning json "
+    "editing_success over_editing prompt_alignment caption words at most 30 is are of and or "
+    "0 1 2 3 4 5 6 7 8 9 10 { } [ ] : , \" . ' "
+).split()
+
+
+def _cache_key() -> str:
+    versions = [metadata.version(p) for p in ("torch", "transformers", "diffusers", "tokenizers")]
+    return hashlib.sha256(Path(__file__).read_bytes() + repr(versions).encode()).hexdigest()[:16]
+
+
+def _corpus(seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(3000)]
+    return lines + QWEN_IMAGE_SYSTEM_PROMPTS * 200
+
+
+def build_tokenizer(out: Path, vocab_size: int = 1500):
+    """A byte-level BPE with Qwen's special tokens and chat template, saved as Qwen2TokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    # Qwen2's own split pattern, so words tokenize like they do in the real model.
+    pattern = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    from tokenizers import Regex
+
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = Qwen2TokenizerFast(
+        tokenizer_object=tok, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 32768
+    fast.save_pretrained(out)
+    return fast
+
+
+def _token_ids(tok) -> dict[str, int]:
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return {
+        "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
+        "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+    }
+
+
+def _vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return {name: ids[name] for name in names}
+
+
+def build_qwen3vl(out: Path) -> None:
+    """Tiny Qwen3-VL (~0.8 M params) with processor; vLLM CPU and transformers both run it."""
+    import torch
+    from transformers import (
+        Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    tok = build_tokenizer(out)
+    ids = _token_ids(tok)
+    text = dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                         "mrope_section": [6, 5, 5], "mrope_interleaved": True},
+        eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"],
+        bos_token_id=ids["bos_token_id"], tie_word_embeddings=False,
+    )
+    vision = dict(
+        depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=16,
+        spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+        num_position_embeddings=256, deepstack_visual_indexes=[0, 1],
+    )
+    config = Qwen3VLConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=False, **_vision_token_ids(ids),
+    )
+    config.eos_token_id = ids["eos_token_id"]
+    config.pad_token_id = ids["pad_token_id"]
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(config).to(torch.float32)
+    model.generation_config.eos_token_id = ids["eos_token_id"]
+    model.generation_config.pad_token_id = ids["pad_token_id"]
+    model.save_pretrained(out)
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=16, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
+    processor = Qwen3VLProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+
+
+def _qwen_image_text_encoder(tok):
+    """The Qwen2.5-VL text encoder of the Qwen-Image pipelines, at hidden size 16."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = _token_ids(tok)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [1, 1, 2]},
+            eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"], bos_token_id=ids["bos_token_id"],
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=16, window_size=112,
+            fullatt_block_indexes=[1],
+        ),
+        **_vision_token_ids(ids),
+    )
+    torch.manual_seed(1)
+    return Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+
+
+def _qwen_image_parts():
+    import torch
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    torch.manual_seed(2)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=3, joint_attention_dim=16, axes_dims_rope=(8, 4, 4),
+    )
+    torch.manual_seed(3)
+    vae = AutoencoderKLQwenImage(
+        z_dim=4, base_dim=8, dim_mult=[1, 2, 2, 2], temperal_downsample=[False, True, True],
+        num_res_blocks=1, latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )
+    return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
+
+
+def build_t2i(out: Path) -> None:
+    from diffusers import QwenImagePipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tokenizer(Path(tmp))
+    pipe = QwenImagePipeline(text_encoder=_qwen_image_text_encoder(tok), tokenizer=tok, **_qwen_image_parts())
+    pipe.save_pretrained(out)
+
+
+def build_edit(out: Path) -> None:
+    from diffusers import QwenImageEditPipeline
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = build_tokenizer(Path(tmp))
+    # A small pixel budget keeps the text encoder's image tokens few on CPU.
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56)
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+    pipe = QwenImageEditPipeline(
+        text_encoder=_qwen_image_text_encoder(tok), tokenizer=tok, processor=processor, **_qwen_image_parts()
+    )
+    pipe.save_pretrained(out)
+
+
+BUILDERS = {"t2i": build_t2i, "edit": build_edit, "qwen3vl": build_qwen3vl}
+
+
+def ensure(name: str, root: Path = DEFAULT_DIR) -> Path:
+    """Path of tiny model `name`, building it when missing or when the builder changed."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(MODELS)}")
+    root = Path(root)
+    out = root / name
+    stamp = out / ".genscore-tiny"
+    key = _cache_key()
+    if stamp.exists() and stamp.read_text() == key:
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        BUILDERS[name](tmp)
+        (tmp / ".genscore-tiny").write_text(key)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)  # atomic: a reader never sees a half-built model
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model(spec: str, root: Path = DEFAULT_DIR) -> str:
+    """`tiny:NAME` names a tiny model (built on demand); anything else passes through."""
+    if spec.startswith("tiny:"):
+        return str(ensure(spec.removeprefix("tiny:"), root))
+    return spec
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m data.tiny", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="folder for the models")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help=f"any of {MODELS} (default: all)")
+    args = parser.parse_args(argv)
+    for name in args.models or MODELS:
+        print(ensure(name, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""`python -m gen.run` flags: one field per flag, YAML files hold the same keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class GenConfig:
+    task: Literal["t2i", "edit"] = _f("t2i", "text-to-image, or edit (source image + instruction)")
+    model: str = _f("tiny:t2i", "diffusers pipeline: hub id, local path, or tiny:t2i / tiny:edit")
+    input: str = _f("data/samples/prompts.jsonl", "CSV, JSONL, Parquet, datasets folder/name, or image folder")
+    id_column: str | None = _f(None, "column with the sample id (default: id/sample_id, else the row index)")
+    prompt_column: str | None = _f(None, "column with the prompt or instruction")
+    image_column: str | None = _f(None, "column with the source image path (edit)")
+    category_column: str | None = _f(None, "column with the category")
+    image_root: str | None = _f(None, "folder that relative image paths resolve under (default: the input's)")
+    num_samples: int | None = _f(None, "run only this many samples")
+    offset: int = _f(0, "skip this many samples first (seeds keep their input position)")
+    output_dir: str = _f("runs/gen", "run folder: images/, manifest/, run.json")
+
+    devices: str | None = _f(None, "comma-separated worker devices, e.g. cpu,cpu or cuda:0,cuda:1")
+    gpus: list[int] | None = _f(None, "GPU ids to use (default: every visible GPU)")
+    serial_load: bool = _f(False, "load the model on one device at a time (tight host memory)")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f("auto", "weights dtype; auto = bf16 on GPU, fp32 on CPU")
+    cpu_offload: bool = _f(False, "diffusers model CPU offload (slower, far less GPU memory)")
+    batch_size: int = _f(1, "samples per pipeline call (one generator per sample)")
+
+    steps: int = _f(50, "denoising steps")
+    guidance_scale: float | None = _f(None, "guidance scale for pipelines that take one")
+    true_cfg_scale: float = _f(4.0, "classifier-free guidance scale (Qwen-Image); <= 1 turns CFG off")
+    negative_prompt: str = _f(" ", "negative prompt for CFG")
+    height: int | None = _f(1024, "output height (edit: default follows the source image)")
+    width: int | None = _f(1024, "output width")
+    seed_start: int = _f(0, "seed = seed_start + index in the input")
+    scheduler: dict | None = _f(None, "scheduler config overrides, e.g. {\"shift\": 3.0}")
+    pipeline_kwargs: dict | None = _f(None, "extra keyword arguments for every pipeline call")
+
+    retry_failed: bool = _f(False, "also re-run samples whose last row is failed")
+    force: bool = _f(False, "continue a run folder made with another config")
+    fail_on_error: bool = _f(False, "exit 1 if any sample failed")
+    max_retries: int = _f(1, "retries of a sample whose worker died")
+    progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
+
+
+# Settings that change how a run goes, not what it produces: free to change on resume.
+RUNTIME_FIELDS = {
+    "devices", "gpus", "serial_load", "cpu_offload", "batch_size", "num_samples", "offset",
+    "output_dir", "retry_failed", "force", "fail_on_error", "max_retries", "progress",
+}

@@ -1,0 +1,146 @@
+"""The generation stage: one pipeline per process, samples in, manifest rows out.
+
+Each sample gets its own generator seeded with `seed_start + index`, so its image is the same
+whichever device or batch it lands in. A batch that raises is re-run one sample at a time, so
+only the sample at fault becomes a failed row.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from data.manifest import GEN_SCHEMA, empty_row
+from data.tiny import resolve_model
+from gen.config import GenConfig
+from gen.pipeline import Params, TaskAdapter, load_pipeline
+
+
+def batched(items: Iterable[dict], n: int) -> Iterator[list[dict]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, n)):
+        yield batch
+
+
+def image_name(key: str, seed: int) -> str:
+    return f"{key}_seed{seed}.png"
+
+
+def base_row(sample: dict, config: GenConfig) -> dict:
+    """The manifest row of a sample before it runs: inputs and generation parameters."""
+    row = empty_row(GEN_SCHEMA)
+    row.update({k: sample.get(k) for k in ("key", "sample_id", "index", "category", "prompt", "source_image", "extra")})
+    row.update(
+        task=config.task, model=config.model, seed=config.seed_start + sample["index"], steps=config.steps,
+        guidance_scale=config.guidance_scale, true_cfg_scale=config.true_cfg_scale,
+        negative_prompt=config.negative_prompt, height=config.height, width=config.width, dtype=config.dtype,
+        attempt=sample.get("attempt", 1),
+    )
+    return row
+
+
+def failed_row(sample: dict, config: GenConfig, reason: str) -> dict:
+    row = base_row(sample, config)
+    row.update(status="failed", error=reason, started_at=time.time(), duration_s=0.0)
+    return row
+
+
+def load_source(path: str | None):
+    """The source image as RGB, with a reason when it cannot be used."""
+    from PIL import Image
+
+    if not path:
+        raise ValueError("no source image given")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"source image not found: {path}")
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+class GenStage:
+    def __init__(self, config: GenConfig, device: str):
+        import torch
+
+        if device == "cpu":
+            torch.set_num_threads(int(os.environ.get("GENSCORE_CPU_THREADS", "1")))
+        self.config, self.device = config, device
+        self.pipe = load_pipeline(resolve_model(config.model), config.dtype, device, config.cpu_offload,
+                                  config.scheduler)
+        self.adapter = TaskAdapter(self.pipe, config.task)
+        self.batch_size = min(config.batch_size, self.adapter.max_batch or config.batch_size)
+        self.prefetch = 2 * self.batch_size
+        self.params = Params(
+            steps=config.steps, height=config.height, width=config.width, guidance_scale=config.guidance_scale,
+            true_cfg_scale=config.true_cfg_scale, negative_prompt=config.negative_prompt,
+            extra=config.pipeline_kwargs or {},
+        )
+        self.images_dir = Path(config.output_dir) / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+
+    def process(self, feed: Iterable[dict]) -> Iterator[dict]:
+        for batch in batched(feed, self.batch_size):
+            rows, call_failed = self._run(list(batch))
+            if call_failed and len(batch) > 1:
+                rows = [self._run([sample])[0][0] for sample in batch]  # isolate the sample at fault
+            yield from rows
+
+    def _run(self, batch: list[dict]) -> tuple[list[dict], bool]:
+        """Rows for a batch, and whether the pipeline call itself failed."""
+        import torch
+
+        rows = [base_row(s, self.config) for s in batch]
+        start = time.time()
+        ready, images = [], []
+        for sample, row in zip(batch, rows):
+            try:
+                image = load_source(sample.get("source_image")) if self.config.task == "edit" else None
+                if not (sample.get("prompt") or "").strip():
+                    raise ValueError("empty prompt")
+            except Exception as exc:  # noqa: BLE001 - a bad input becomes its own failed row
+                row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            ready.append(row)
+            images.append(image)
+        call_failed = False
+        if ready:
+            try:
+                generators = [torch.Generator("cpu").manual_seed(r["seed"]) for r in ready]
+                outputs = self.adapter([r["prompt"] for r in ready], images if self.config.task == "edit" else None,
+                                       generators, self.params)
+                for row, output in zip(ready, outputs):
+                    self._save(row, output)
+            except Exception as exc:  # noqa: BLE001 - out of memory, pipeline errors: failed rows
+                _free_memory(exc)
+                call_failed = True
+                for row in ready:
+                    row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        duration = (time.time() - start) / len(batch)
+        for row in rows:
+            row.update(started_at=start, duration_s=duration)
+        return rows, call_failed
+
+    def _save(self, row: dict, output: np.ndarray) -> None:
+        from PIL import Image
+
+        if not np.isfinite(output).all():
+            row.update(status="failed", error="NaN or inf in the pipeline output")
+            return
+        pixels = (np.clip(output, 0, 1) * 255).round().astype(np.uint8)
+        name = image_name(row["key"], row["seed"])
+        tmp = self.images_dir / f".{name}.tmp"
+        Image.fromarray(pixels).save(tmp, format="PNG")
+        os.replace(tmp, self.images_dir / name)  # a reader never sees half an image
+        row.update(status="ok", image_path=f"images/{name}", height=pixels.shape[0], width=pixels.shape[1])
+
+
+def _free_memory(exc: Exception) -> None:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+        torch.cuda.empty_cache()

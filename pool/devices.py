@@ -1,0 +1,75 @@
+"""Which devices a run uses: `--devices cpu,cpu`, `--gpus 0 1`, or every visible GPU.
+
+A device string names one worker's hardware: `cpu`, `cuda:3`, or a tensor-parallel group
+`cuda:0+1`. Only the executor turns these into process environments.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process may use, without initialising CUDA in the parent."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def plan_devices(devices: str | None, gpus: list[int] | None, group_size: int = 1,
+                 replicas: int | None = None) -> list[str]:
+    """Worker device strings. `group_size` GPUs per worker (tensor parallelism)."""
+    if devices:
+        listed = [d.strip() for d in devices.split(",") if d.strip()]
+        if replicas and len(listed) == 1:
+            return listed * replicas  # `--devices cpu --replicas 2`: two CPU replicas
+        if replicas and replicas != len(listed):
+            raise ValueError(f"--replicas {replicas} does not match --devices {devices}")
+        return listed
+    ids = list(gpus) if gpus else list(range(visible_gpu_count()))
+    if not ids:
+        # No GPU: one CPU worker (a run on a laptop, or CI) rather than an error.
+        return ["cpu"] * (replicas or 1)
+    groups = [ids[i:i + group_size] for i in range(0, len(ids) - group_size + 1, group_size)]
+    if not groups:
+        raise ValueError(f"--tp {group_size} needs at least {group_size} GPUs; have {ids}")
+    if replicas:
+        if replicas > len(groups):
+            raise ValueError(f"--replicas {replicas} with --tp {group_size} needs {replicas * group_size} GPUs; "
+                             f"have {len(ids)} ({ids})")
+        groups = groups[:replicas]
+    return ["cuda:" + "+".join(str(g) for g in group) for group in groups]
+
+
+def process_env(device: str, cpu_slot: int, cpu_workers: int) -> dict[str, str]:
+    """Environment for a worker process on `device`, set before torch is imported there."""
+    if device.startswith("cuda:"):
+        return {"CUDA_VISIBLE_DEVICES": device.removeprefix("cuda:").replace("+", ",")}
+    if device != "cpu":
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda:N or cuda:N+M")
+    # CPU workers split the cores between them instead of fighting over all of them.
+    cores = os.cpu_count() or 1
+    per = max(1, cores // max(1, cpu_workers))
+    first = (cpu_slot * per) % cores
+    last = min(cores - 1, first + per - 1)
+    return {
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": str(per),
+        "GENSCORE_CPU_THREADS": str(per),
+        "VLLM_CPU_OMP_THREADS_BIND": f"{first}-{last}" if last > first else str(first),
+    }
+
+
+def local_device(device: str) -> str:
+    """The device as the worker sees it once CUDA_VISIBLE_DEVICES is set."""
+    return "cuda" if device.startswith("cuda:") else "cpu"
+
+
+def group_size(device: str) -> int:
+    return len(device.removeprefix("cuda:").split("+")) if device.startswith("cuda:") else 1

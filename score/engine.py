@@ -1,0 +1,125 @@
+"""The vLLM judge replica: one engine per process, kept full by a stream of samples.
+
+Continuous batching: samples are pulled from the feed into a bounded window, decoded and
+resized on background threads, and their requests added to the engine as soon as they are
+ready; `engine.step()` runs one scheduler step and returns what finished, and each sample's
+row is yielded the moment its last answer arrives, never waiting for a chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from data.tiny import resolve_model
+from gen.pipeline import DTYPES
+from pool.executor import Feed
+from score.config import ScoreConfig
+from score.judge import Judge, Prepared, resolve_template
+
+
+def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
+    dtype = DTYPES.get(config.dtype, "auto") if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    return dict(
+        model=resolve_model(config.model), dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
+        max_num_seqs=config.max_num_seqs, enforce_eager=config.enforce_eager, seed=0,
+        limit_mm_per_prompt={"image": 2, "video": 0},
+        mm_processor_kwargs={"max_pixels": config.max_pixels, "min_pixels": config.min_pixels},
+        # guidance with no free whitespace: even a random tiny model then emits valid JSON.
+        structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
+        load_format=config.load_format,
+        **({"gpu_memory_utilization": config.gpu_memory_utilization} if device == "cuda" else {}),
+    )
+
+
+class VLLMStage:
+    def __init__(self, config: ScoreConfig, device: str):
+        if device == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
+        from vllm import LLM
+
+        tp = max(1, len([d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])) if device == "cuda" else 1
+        self.config = config
+        self.llm = LLM(**engine_args(config, device, tp))
+        self.engine = self.llm.llm_engine
+        self.tasks: dict[str, Judge] = {}
+        self.tokenizer = self.llm.get_tokenizer()
+        self.window = config.window or 2 * config.max_num_seqs
+        self.prefetch = self.window
+        self.threads = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="decode")
+
+    def judge(self, task: str) -> Judge:
+        if task not in self.tasks:
+            self.tasks[task] = Judge(self.config, resolve_template(self.config, task), self.tokenizer)
+        return self.tasks[task]
+
+    def _params(self, schema: dict | None):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(json=schema) if schema else None
+        return SamplingParams(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
+                              seed=0, structured_outputs=structured)
+
+    def process(self, feed: Feed) -> Iterator[dict]:
+        decoding: deque[Future] = deque()
+        running: dict[str, _Running] = {}  # engine request id -> the sample it belongs to
+        in_flight = 0                      # samples with requests in the engine
+        rid = 0
+        while True:
+            room = self.window - in_flight - len(decoding)
+            if room > 0 and not feed.exhausted:
+                for item in feed.take(room, block=not in_flight and not decoding):
+                    decoding.append(self.threads.submit(self._prepare, item))
+            while decoding and (decoding[0].done() or not in_flight):
+                prepared = decoding.popleft().result()
+                judge = self.judge(prepared.item["task"])
+                if prepared.error:
+                    yield judge.failed(prepared.item, prepared.error, prepared.started_at)
+                    continue
+                state = _Running(prepared, judge)
+                for request in prepared.requests:
+                    rid += 1
+                    running[str(rid)] = state
+                    state.pending[str(rid)] = request.question
+                    self.engine.add_request(
+                        str(rid), {"prompt": request.prompt, "multi_modal_data": {"image": request.images}},
+                        self._params(request.schema),
+                    )
+                in_flight += 1
+            if not in_flight:
+                if feed.exhausted and not decoding:
+                    return
+                continue
+            for output in self.engine.step():
+                if not output.finished:
+                    continue
+                state = running.pop(output.request_id)
+                state.record(output)
+                if not state.pending:
+                    in_flight -= 1
+                    yield state.finish()
+
+    def _prepare(self, item: dict) -> Prepared:
+        return self.judge(item["task"]).prepare(item)
+
+
+class _Running:
+    """A sample's requests in the engine, and its answers so far."""
+
+    def __init__(self, prepared: Prepared, judge: Judge):
+        self.prepared, self.judge = prepared, judge
+        self.pending: dict[str, str] = {}  # engine request id -> question name
+        self.texts: dict[str, str] = {}
+        self.prompt_tokens = 0
+        self.output_tokens = 0
+
+    def record(self, output) -> None:
+        self.texts[self.pending.pop(output.request_id)] = output.outputs[0].text
+        self.prompt_tokens += len(output.prompt_token_ids or [])
+        self.output_tokens += len(output.outputs[0].token_ids)
+
+    def finish(self) -> dict:
+        return self.judge.finish(self.prepared, self.texts, self.prompt_tokens, self.output_tokens)

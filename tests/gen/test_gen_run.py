@@ -1,0 +1,155 @@
+"""gen.run end to end: real processes, the tiny pipelines, real files."""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers import rows, run_cli, shape_image, start_cli, write_jsonl
+
+T2I = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
+       "--progress", "none"]
+
+
+def gen(input_path, out, *extra, check=True):
+    return run_cli("gen.run", "--input", str(input_path), "--output-dir", str(out), *T2I, *extra, check=check)
+
+
+def image_bytes(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "images").glob("*.png"))}
+
+
+def test_images_do_not_depend_on_worker_count(prompts16, tmp_path, tiny_models):
+    gen(prompts16, tmp_path / "one", "--devices", "cpu")
+    gen(prompts16, tmp_path / "two", "--devices", "cpu,cpu")
+    one, two = image_bytes(tmp_path / "one"), image_bytes(tmp_path / "two")
+    assert len(one) == 16 and one == two
+    frame = rows(tmp_path / "two" / "manifest")
+    assert len(frame) == 16 and (frame["status"] == "ok").all()
+    assert sorted(frame["worker"].unique()) == [0, 1]  # both workers took work
+    assert (frame["seed"] == frame["index"]).all()  # seed = seed_start (0) + index
+    assert set(frame["image_path"]) == {f"images/{k}_seed{s}.png" for k, s in zip(frame["key"], frame["seed"])}
+
+
+def test_seed_start_and_offset_keep_seeds_tied_to_input_position(prompts16, tmp_path, tiny_models):
+    gen(prompts16, tmp_path / "run", "--devices", "cpu", "--seed-start", "100", "--offset", "10",
+        "--num-samples", "3")
+    frame = rows(tmp_path / "run" / "manifest").sort_values("index")
+    assert frame["index"].tolist() == [10, 11, 12]
+    assert frame["seed"].tolist() == [110, 111, 112]
+
+
+def test_sigkill_then_resume_gives_one_row_per_sample_and_same_images(prompts16, tmp_path, tiny_models):
+    gen(prompts16, tmp_path / "clean", "--devices", "cpu")
+    run = tmp_path / "killed"
+    proc = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *T2I, "--devices", "cpu,cpu")
+    deadline = time.time() + 120
+    while len(list((run / "images").glob("*.png"))) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((run / "images").glob("*.png")))
+    assert 4 <= done_before < 16, "the kill should land part-way"
+    gen(prompts16, run, "--devices", "cpu,cpu")
+    frame = rows(run / "manifest")
+    assert sorted(frame["key"]) == sorted(set(frame["key"])) and len(frame) == 16
+    assert (frame["status"] == "ok").all()
+    assert image_bytes(run) == image_bytes(tmp_path / "clean")
+    assert not list(run.rglob(".*.tmp")) and not list((run / "manifest").glob(".journal-*"))
+
+
+def test_rerun_skips_done_samples_and_retry_failed_retries(tmp_path, tiny_models):
+    records = [{"id": "a", "prompt": "a red circle"}, {"id": "b", "prompt": "  "}, {"id": "c", "prompt": "a cat"}]
+    src = write_jsonl(tmp_path / "p.jsonl", records)
+    proc = gen(src, tmp_path / "run", "--devices", "cpu")
+    assert "2 ok, 1 failed of 3" in proc.stdout
+    proc = gen(src, tmp_path / "run", "--devices", "cpu")
+    assert "3 already done, 0 to run" in proc.stderr
+    gen(src, tmp_path / "run", "--devices", "cpu", "--retry-failed")
+    frame = rows(tmp_path / "run" / "manifest")
+    b = frame[frame["key"] == "b"].sort_values("attempt")
+    assert b["attempt"].tolist() == [1, 2] and (b["status"] == "failed").all()
+    assert "empty prompt" in b["error"].iloc[0]
+    assert len(frame[frame["key"] != "b"]) == 2
+
+
+def test_changed_config_is_refused_unless_forced(prompts16, tmp_path, tiny_models):
+    gen(prompts16, tmp_path / "run", "--devices", "cpu", "--num-samples", "2")
+    proc = gen(prompts16, tmp_path / "run", "--devices", "cpu", "--num-samples", "2", "--steps", "3", check=False)
+    assert proc.returncode == 2 and "steps: 2 -> 3" in proc.stderr
+    gen(prompts16, tmp_path / "run", "--devices", "cpu", "--num-samples", "2", "--steps", "3", "--force")
+
+
+def test_edit_with_missing_and_corrupt_sources(tmp_path, tiny_models):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    records = [
+        {"id": "good1", "image": str(shape_image(tmp_path / "g1.png", (200, 0, 0)).name), "instruction": "make it blue",
+         "category": "physical"},
+        {"id": "missing", "image": "nope.png", "instruction": "make it blue", "category": "physical"},
+        {"id": "corrupt", "image": "corrupt.png", "instruction": "make it blue", "category": "causal"},
+        {"id": "good2", "image": str(shape_image(tmp_path / "g2.png", (0, 200, 0)).name), "instruction": "add a star",
+         "category": "social"},
+    ]
+    src = write_jsonl(tmp_path / "tasks.jsonl", records)
+    proc = run_cli("gen.run", "--task", "edit", "--model", "tiny:edit", "--input", str(src), "--output-dir",
+                   str(tmp_path / "run"), "--steps", "1", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
+                   "--devices", "cpu", "--progress", "none")
+    assert proc.returncode == 0
+    frame = rows(tmp_path / "run" / "manifest").set_index("key")
+    assert frame.loc["good1", "status"] == "ok" and frame.loc["good2", "status"] == "ok"
+    assert frame.loc["missing", "status"] == "failed" and "not found" in frame.loc["missing", "error"]
+    assert frame.loc["corrupt", "status"] == "failed" and "UnidentifiedImageError" in frame.loc["corrupt", "error"]
+    assert frame.loc["good2", "category"] == "social" and frame.loc["good1", "task"] == "edit"
+    assert (tmp_path / "run" / frame.loc["good1", "image_path"]).is_file()
+
+
+def _formats(tmp_path: Path) -> dict[str, Path]:
+    records = [{"uid": "x1", "text": "a blue star", "kind": "shapes", "note": "kept"},
+               {"uid": "x2", "text": "a red heart", "kind": "shapes", "note": "also kept"}]
+    frame = pd.DataFrame(records)
+    out = {"csv": tmp_path / "in.csv", "jsonl": tmp_path / "in.jsonl", "parquet": tmp_path / "in.parquet",
+           "datasets": tmp_path / "ds"}
+    frame.to_csv(out["csv"], index=False)
+    write_jsonl(out["jsonl"], records)
+    frame.to_parquet(out["parquet"])
+    import datasets
+
+    datasets.Dataset.from_pandas(frame).save_to_disk(str(out["datasets"]))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "datasets"])
+def test_input_formats(fmt, tmp_path, tiny_models):
+    src = _formats(tmp_path)[fmt]
+    gen(src, tmp_path / "run", "--devices", "cpu", "--id-column", "uid", "--prompt-column", "text",
+        "--category-column", "kind")
+    frame = rows(tmp_path / "run" / "manifest").set_index("key")
+    assert list(frame.sort_values("index").index) == ["x1", "x2"]
+    assert frame.loc["x2", "prompt"] == "a red heart" and frame.loc["x1", "category"] == "shapes"
+    assert json.loads(frame.loc["x2", "extra"]) == {"note": "also kept"}
+
+
+def test_image_folder_input_for_edit(tmp_path, tiny_models):
+    folder = tmp_path / "folder"
+    shape_image(folder / "one.png", (10, 200, 10))
+    write_jsonl(folder / "instructions.jsonl", [{"file_name": "one.png", "instruction": "make it red"}])
+    run_cli("gen.run", "--task", "edit", "--model", "tiny:edit", "--input", str(folder), "--output-dir",
+            str(tmp_path / "run"), "--steps", "1", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
+            "--devices", "cpu", "--progress", "none")
+    frame = rows(tmp_path / "run" / "manifest")
+    assert frame["status"].tolist() == ["ok"] and frame["source_image"][0] == str(folder / "one.png")
+
+
+def test_unknown_model_is_a_clear_error(prompts16, tmp_path):
+    proc = gen(prompts16, tmp_path / "run", "--model", "/no/such/model", check=False)
+    assert proc.returncode == 2 and "model not found" in proc.stderr
+
+
+def test_batches_match_single_calls_and_sizes(prompts16, tmp_path, tiny_models):
+    gen(prompts16, tmp_path / "b4", "--devices", "cpu", "--batch-size", "4", "--num-samples", "8")
+    frame = rows(tmp_path / "b4" / "manifest")
+    assert len(frame) == 8 and (frame["status"] == "ok").all()
+    assert (frame["height"] == 32).all() and (frame["width"] == 32).all()

@@ -1,0 +1,51 @@
+"""Helpers the tests share: run the CLIs as users do, read manifests, make small images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_cli(module: str, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as our users do, from the repository root."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def start_cli(module: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def rows(folder: Path) -> pd.DataFrame:
+    return pd.read_parquet(folder)
+
+
+def shape_image(path: Path, color: tuple[int, int, int], size: int = 64, shape: str = "circle") -> Path:
+    image = Image.new("RGB", (size, size), (240, 240, 240))
+    draw = ImageDraw.Draw(image)
+    box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=color)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
