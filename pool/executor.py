@@ -121,6 +121,8 @@ def _worker_main(wid: int, device: str, env: dict[str, str], stage_path: str, co
     feed = Feed(wid, inbox, outbox, getattr(stage, "prefetch", 1))
     for row in stage.process(feed):
         outbox.put(("row", wid, row))
+    if hasattr(stage, "close"):
+        stage.close()
     outbox.put(("exit", wid))
 
 
@@ -253,7 +255,7 @@ class Executor:
             raise PoolError("every worker died; last errors: " + "; ".join(self._errors[-3:]))
 
     def _requeue_or_fail(self, worker: _Worker, reason: str) -> None:
-        for item in worker.held.values():
+        for item in list(worker.held.values()):
             item["_tries"] = item.get("_tries", 0) + 1
             if item["_tries"] <= self.max_retries:
                 self._queue.appendleft(item)

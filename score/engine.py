@@ -50,6 +50,11 @@ class VLLMStage:
         self.prefetch = self.window
         self.threads = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="decode")
 
+    def close(self) -> None:
+        """Stop the engine's processes now rather than at interpreter exit."""
+        self.threads.shutdown(wait=False)
+        self.engine.engine_core.shutdown()
+
     def judge(self, task: str) -> Judge:
         if task not in self.tasks:
             self.tasks[task] = Judge(self.config, resolve_template(self.config, task), self.tokenizer)

@@ -33,7 +33,10 @@ def test_vllm_answers_follow_the_schema(tiny_models, tmp_path):
     stage = VLLMStage(config, "cpu")
     items = [{"key": f"k{i}", "index": i, "sample_id": f"k{i}", "task": "t2i", "prompt": "a shape",
               "image_path": p, "attempt": 1} for i, p in enumerate(images)]
-    rows = list(stage.process(_Feed(items)))
+    try:
+        rows = list(stage.process(_Feed(items)))
+    finally:
+        stage.close()
     assert sorted(r["key"] for r in rows) == [f"k{i}" for i in range(6)]
     schema = score_schema("prompt_alignment")
     for row in rows:

@@ -1,0 +1,115 @@
+"""score.run end to end: the tiny Qwen3-VL in the real vLLM CPU engine, in replica processes."""
+
+import json
+import math
+import signal
+import time
+
+import pyarrow.parquet as pq
+
+from data.manifest import SCORE_SCHEMA
+from helpers import rows, run_cli, shape_image, start_cli, write_jsonl
+
+VLLM = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
+        "--enforce-eager", "--max-pixels", "16384", "--progress", "none"]
+
+
+def score(*args, check=True):
+    return run_cli("score.run", *VLLM, *args, check=check)
+
+
+def test_edit_scores_on_two_replicas(edit_pairs, tmp_path, tiny_models):
+    out = tmp_path / "scores"
+    proc = score("--input", str(edit_pairs), "--output-dir", str(out), "--replicas", "2", "--devices", "cpu",
+                 "--print-samples")
+    frame = rows(out / "manifest")
+    assert len(frame) == 16 and (frame["status"] == "ok").all(), frame["error"].tolist()
+    assert "to score on cpu, cpu" in proc.stderr and set(frame["device"]) == {"cpu"}
+    assert set(frame["task"]) == {"edit"} and set(frame["template"]) == {"viescore-edit"}
+    for row in frame.itertuples():
+        answers = {q: json.loads(text, strict=False) for q, text in json.loads(row.raw_response).items()}
+        sc = min(answers["sc"]["editing_success"], answers["sc"]["over_editing"])
+        pq_ = min(answers["pq"]["naturalness"], answers["pq"]["artifacts"])
+        assert all(0 <= v <= 10 for a in answers.values() for k, v in a.items() if k != "reasoning")
+        assert (row.semantics, row.quality) == (sc, pq_)
+        assert math.isclose(row.overall, math.sqrt(sc * pq_))
+        assert row.prompt_tokens > 0 and row.output_tokens > 0
+    assert proc.stdout.count("[Sample ") == 16 and "| Response: " in proc.stdout
+    for category in ("physical", "environment", "social", "causal", "referential"):
+        assert category in proc.stdout  # per-category summary
+
+
+def test_caption_image_folder_and_layout_with_txt(tmp_path, tiny_models):
+    folder = tmp_path / "shapes"
+    for i in range(3):
+        shape_image(folder / f"shape{i}.png", (60 * i, 120, 200))
+    layout = tmp_path / "design"
+    (layout / "jsons").mkdir(parents=True)
+    (layout / "json_detail").mkdir()
+    elements = [{"id": "bg", "type": "ShapeElement"}, {"id": "title", "type": "TextElement"},
+                {"id": "photo", "type": "ImageElement"}, {"id": "logo", "type": "SvgElement"}]
+    (layout / "jsons" / "doc1.json").write_text(json.dumps({"elements": elements}))
+    (layout / "json_detail" / "doc1.json").write_text(json.dumps({"logo": {"image": "crops/logo.png"}}))
+    shape_image(layout / "images" / "doc1" / "bg.png", (10, 10, 10))
+    shape_image(layout / "crops" / "logo.png", (200, 10, 10), shape="square")
+    score("--task", "caption", "--input", str(folder), "--output-dir", str(tmp_path / "cap1"), "--write-txt",
+          "--devices", "cpu")
+    score("--task", "caption", "--prompt", "Describe the shape in at most 30 words.", "--input", str(layout),
+          "--output-dir", str(tmp_path / "cap2"), "--write-txt", "--devices", "cpu")
+    one, two = rows(tmp_path / "cap1" / "manifest"), rows(tmp_path / "cap2" / "manifest")
+    assert sorted(one["key"]) == ["shape0", "shape1", "shape2"] and (one["status"] == "ok").all()
+    assert sorted(two["sample_id"]) == ["doc1/bg", "doc1/logo"]  # text and image elements skipped
+    for frame in (one, two):
+        for row in frame.itertuples():
+            assert row.caption and row.caption == row.caption.strip()
+            txt = row.image_path.rsplit(".", 1)[0] + ".txt"
+            assert open(txt).read() == row.caption + "\n"
+
+
+def test_killed_scoring_run_resumes_with_one_row_per_sample(tmp_path, tiny_models):
+    images = [shape_image(tmp_path / "img" / f"{i:02d}.png", (5 * i, 100, 100)) for i in range(40)]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"image": str(p.relative_to(tmp_path)), "prompt": "a circle"}
+                                              for p in images])
+    out = tmp_path / "scores"
+    args = [*VLLM, "--input", str(src), "--output-dir", str(out), "--devices", "cpu", "--max-num-seqs", "2",
+            "--window", "2"]
+    proc = start_cli("score.run", *args)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        journals = list((out / "manifest").glob(".journal-*.jsonl")) if (out / "manifest").exists() else []
+        if journals and journals[0].read_text().count("\n") >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = sum(j.read_text().count("\n") for j in (out / "manifest").glob(".journal-*.jsonl"))
+    assert 3 <= partial < 40, "the kill should land part-way"
+    run_cli("score.run", *args)
+    frame = rows(out / "manifest")
+    assert len(frame) == 40 and frame["key"].is_unique and (frame["status"] == "ok").all()
+    assert not list((out / "manifest").glob(".*"))  # no journal or temporary shard left
+
+
+def test_transformers_backend_gives_rows_of_the_same_schema(edit_pairs, tmp_path, tiny_models):
+    out = tmp_path / "hf"
+    run_cli("score.run", "--backend", "transformers", "--model", "tiny:qwen3vl", "--input", str(edit_pairs),
+            "--output-dir", str(out), "--num-samples", "4", "--max-tokens", "256", "--max-pixels", "16384",
+            "--devices", "cpu", "--progress", "none")
+    table = pq.read_table(next((out / "manifest").glob("*.parquet")))
+    assert table.schema.equals(SCORE_SCHEMA)
+    frame = table.to_pandas()
+    assert len(frame) == 4 and (frame["status"] == "ok").all(), frame["error"].tolist()
+    assert frame["overall"].between(0, 10).all() and (frame["output_tokens"] > 0).all()
+
+
+def test_unreadable_images_become_failed_rows(tmp_path, tiny_models):
+    good = shape_image(tmp_path / "good.png", (1, 2, 3))
+    (tmp_path / "empty.png").write_bytes(b"")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "good", "image": good.name}, {"id": "empty", "image": "empty.png"},
+                                              {"id": "gone", "image": "gone.png"}])
+    proc = score("--task", "caption", "--input", str(src), "--output-dir", str(tmp_path / "s"), "--devices", "cpu")
+    frame = rows(tmp_path / "s" / "manifest").set_index("key")
+    assert frame.loc["good", "status"] == "ok"
+    assert frame.loc["empty", "status"] == "failed" and "UnidentifiedImageError" in frame.loc["empty", "error"]
+    assert frame.loc["gone", "status"] == "failed" and "not found" in frame.loc["gone", "error"]
+    assert proc.returncode == 0
