@@ -6,6 +6,8 @@ row per item; it never sees queues or other workers.
 
 Protocol: a worker loads its stage, says `ready`, then asks for work (`want`, n items); the
 parent answers from the queue, so faster devices take more. Each result comes back as a `row`.
+Each worker talks back over its own pipe: a worker killed mid-write can only break its own
+channel (a shared multiprocessing.Queue would stay locked and hang every other worker).
 A worker that dies is replaced; the items it held are retried (`max_retries` times) and then
 returned as failed rows, so every item ends with exactly one row.
 """
@@ -23,6 +25,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from multiprocessing.connection import Connection, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +42,8 @@ class PoolError(RuntimeError):
 class Feed:
     """A worker's view of the work queue: items arrive on request, `prefetch` ahead."""
 
-    def __init__(self, wid: int, inbox: Any, outbox: Any, prefetch: int):
-        self.wid, self.inbox, self.outbox = wid, inbox, outbox
+    def __init__(self, wid: int, inbox: Any, send: Callable[[tuple], None], prefetch: int):
+        self.wid, self.inbox, self.send = wid, inbox, send
         self.prefetch = max(1, prefetch)
         self.buffer: deque[dict] = deque()
         self.outstanding = 0
@@ -49,7 +52,7 @@ class Feed:
     def _request(self) -> None:
         want = self.prefetch - len(self.buffer) - self.outstanding
         if want > 0 and not self.exhausted:
-            self.outbox.put(("want", self.wid, want))
+            self.send(("want", self.wid, want))
             self.outstanding += want
 
     def _receive(self, block: bool) -> None:
@@ -107,7 +110,7 @@ def _kill_group(pid: int) -> None:
 
 
 def _worker_main(wid: int, device: str, env: dict[str, str], stage_path: str, config: Any,
-                 inbox: Any, outbox: Any, load_lock: Any) -> None:
+                 inbox: Any, outbox: Connection, load_lock: Any) -> None:
     _own_process_group()
     os.environ.update(env)
     try:
@@ -115,15 +118,15 @@ def _worker_main(wid: int, device: str, env: dict[str, str], stage_path: str, co
         with load_lock if load_lock is not None else nullcontext():
             stage = getattr(importlib.import_module(module), name)(config, local_device(device))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
-        outbox.put(("fatal", wid, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        outbox.send(("fatal", wid, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
-    outbox.put(("ready", wid))
-    feed = Feed(wid, inbox, outbox, getattr(stage, "prefetch", 1))
+    outbox.send(("ready", wid))
+    feed = Feed(wid, inbox, outbox.send, getattr(stage, "prefetch", 1))
     for row in stage.process(feed):
-        outbox.put(("row", wid, row))
+        outbox.send(("row", wid, row))
     if hasattr(stage, "close"):
         stage.close()
-    outbox.put(("exit", wid))
+    outbox.send(("exit", wid))
 
 
 @dataclass
@@ -133,6 +136,7 @@ class _Worker:
     slot: int
     process: Any
     inbox: Any
+    conn: Connection  # the worker's messages to us
     held: dict[str, dict] = field(default_factory=dict)  # key -> item sent, no row yet
     asked: int = 0
     ready: bool = False
@@ -154,7 +158,7 @@ class Executor:
 
     def run(self, items: list[dict]) -> None:
         ctx = mp.get_context("spawn")
-        self._ctx, self._outbox = ctx, ctx.Queue()
+        self._ctx = ctx
         self._lock = ctx.Lock() if self.serial_load else None
         self._queue: deque[dict] = deque(items)
         self._remaining = len(items)
@@ -179,23 +183,35 @@ class Executor:
     def _spawn(self, slot: int) -> None:
         wid, self._next_wid = self._next_wid, self._next_wid + 1
         inbox = self._ctx.Queue()
+        receive, send = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_worker_main, name=f"genscore-worker-{wid}", daemon=False,
-            args=(wid, self.devices[slot], self._envs[slot], self.stage_path, self.config,
-                  inbox, self._outbox, self._lock),
+            args=(wid, self.devices[slot], self._envs[slot], self.stage_path, self.config, inbox, send, self._lock),
         )
         process.start()
-        self._workers[wid] = _Worker(wid, self.devices[slot], slot, process, inbox)
+        send.close()  # the child holds the write end; EOF then means it is gone
+        self._workers[wid] = _Worker(wid, self.devices[slot], slot, process, inbox, receive)
         if self.progress:
             self.progress.worker_started(slot, self.devices[slot])
 
     def _step(self) -> None:
         if time.monotonic() - self._last_check > 1.0:
             self._check_workers()
+        by_conn = {w.conn: w for w in self._workers.values()}
+        for conn in wait(list(by_conn), timeout=0.5):
+            self._drain(by_conn[conn])
+
+    def _drain(self, worker: _Worker) -> None:
+        """Handle every message waiting on a worker's pipe."""
         try:
-            message = self._outbox.get(timeout=0.5)
-        except queue.Empty:
-            return
+            while worker.wid in self._workers and worker.conn.poll():
+                self._handle(worker.conn.recv())
+        except (EOFError, OSError):  # the worker exited: its pipe is closed
+            worker.process.join(timeout=5)
+            if worker.wid in self._workers and not worker.done:
+                self._on_death(worker)
+
+    def _handle(self, message: tuple) -> None:
         kind, wid = message[0], message[1]
         worker = self._workers.get(wid)
         if worker is None:
@@ -242,17 +258,23 @@ class Executor:
     def _check_workers(self) -> None:
         self._last_check = time.monotonic()
         for worker in list(self._workers.values()):
-            if worker.process.is_alive() or worker.done:
-                continue
-            code = worker.process.exitcode
-            _kill_group(worker.process.pid)  # its engine subprocesses go with it
-            del self._workers[worker.wid]
-            self._requeue_or_fail(worker, f"worker on {worker.device} died (exit code {code})")
-            if self._restarts[worker.slot] < MAX_RESTARTS:
-                self._restarts[worker.slot] += 1
-                self._spawn(worker.slot)
+            if not worker.process.is_alive() and not worker.done:
+                self._drain(worker)  # its last messages first: rows, or why it could not start
+                if worker.wid in self._workers and not worker.done:
+                    self._on_death(worker)
         if not self._workers and self._remaining > 0:
             raise PoolError("every worker died; last errors: " + "; ".join(self._errors[-3:]))
+
+    def _on_death(self, worker: _Worker) -> None:
+        """Retry or fail what a dead worker held, and start a replacement on its device."""
+        code = worker.process.exitcode
+        _kill_group(worker.process.pid)  # its engine subprocesses go with it
+        del self._workers[worker.wid]
+        self._errors.append(f"{worker.device}: exit code {code}")
+        self._requeue_or_fail(worker, f"worker on {worker.device} died (exit code {code})")
+        if self._restarts[worker.slot] < MAX_RESTARTS:
+            self._restarts[worker.slot] += 1
+            self._spawn(worker.slot)
 
     def _requeue_or_fail(self, worker: _Worker, reason: str) -> None:
         for item in list(worker.held.values()):

@@ -65,13 +65,16 @@ class VLLMStage:
         from vllm.sampling_params import StructuredOutputsParams
 
         structured = StructuredOutputsParams(json=schema) if schema else None
-        return SamplingParams(max_tokens=self.config.max_tokens, temperature=self.config.temperature,
-                              seed=0, structured_outputs=structured)
+        fixed = self.config.ignore_eos  # benchmarks: every answer exactly max_tokens long
+        return SamplingParams(max_tokens=self.config.max_tokens, temperature=self.config.temperature, seed=0,
+                              structured_outputs=structured, ignore_eos=fixed,
+                              min_tokens=self.config.max_tokens if fixed else 0)
 
     def process(self, feed: Feed) -> Iterator[dict]:
         decoding: deque[Future] = deque()
         running: dict[str, _Running] = {}  # engine request id -> the sample it belongs to
         in_flight = 0                      # samples with requests in the engine
+        alias: dict[str, str] = {}          # internal request id -> ours
         rid = 0
         while True:
             room = self.window - in_flight - len(decoding)
@@ -89,10 +92,12 @@ class VLLMStage:
                     rid += 1
                     running[str(rid)] = state
                     state.pending[str(rid)] = request.question
-                    self.engine.add_request(
+                    internal = self.engine.add_request(
                         str(rid), {"prompt": request.prompt, "multi_modal_data": {"image": request.images}},
                         self._params(request.schema),
                     )
+                    if isinstance(internal, str) and internal != str(rid):
+                        alias[internal] = str(rid)  # some vLLM versions report the internal id
                 in_flight += 1
             if not in_flight:
                 if feed.exhausted and not decoding:
@@ -101,8 +106,9 @@ class VLLMStage:
             for output in self.engine.step():
                 if not output.finished:
                     continue
-                state = running.pop(output.request_id)
-                state.record(output)
+                request_id = alias.pop(output.request_id, output.request_id)
+                state = running.pop(request_id)
+                state.record(request_id, output)
                 if not state.pending:
                     in_flight -= 1
                     yield state.finish()
@@ -121,8 +127,8 @@ class _Running:
         self.prompt_tokens = 0
         self.output_tokens = 0
 
-    def record(self, output) -> None:
-        self.texts[self.pending.pop(output.request_id)] = output.outputs[0].text
+    def record(self, request_id: str, output) -> None:
+        self.texts[self.pending.pop(request_id)] = output.outputs[0].text
         self.prompt_tokens += len(output.prompt_token_ids or [])
         self.output_tokens += len(output.outputs[0].token_ids)
 

@@ -20,7 +20,7 @@ from score.judge import Judge, Prepared, resolve_template
 class TransformersStage:
     def __init__(self, config: ScoreConfig, device: str):
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         if device == "cpu":
             torch.set_num_threads(int(os.environ.get("GENSCORE_CPU_THREADS", "1")))
@@ -28,7 +28,12 @@ class TransformersStage:
         self.config, self.device = config, device
         self.processor = AutoProcessor.from_pretrained(path, max_pixels=config.max_pixels, min_pixels=config.min_pixels)
         self.processor.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype(config.dtype, device))
+        dtype = torch_dtype(config.dtype, device)
+        if config.load_format == "dummy":  # random weights at the real size, as vLLM's dummy format
+            with torch.device(device):
+                self.model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
+        else:
+            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
         self.model.to(device).eval()
         self.judges: dict[str, Judge] = {}
         self.prefetch = config.batch_size
@@ -72,6 +77,8 @@ class TransformersStage:
         inputs = self.processor(text=[r.prompt for r in requests], images=images, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device)
         kwargs = dict(max_new_tokens=self.config.max_tokens, do_sample=False)
+        if self.config.ignore_eos:
+            kwargs["min_new_tokens"] = self.config.max_tokens
         if requests[0].schema is not None:
             kwargs["logits_processor"] = [self._grammar(requests[0].schema, len(requests))]
         with torch.inference_mode():

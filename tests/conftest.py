@@ -36,3 +36,21 @@ def edit_pairs(tmp_path: Path) -> Path:
                         "image_path": str(out.relative_to(tmp_path)), "instruction": f"make shape {i} blue",
                         "category": categories[i % 5]})
     return write_jsonl(tmp_path / "edits.jsonl", records)
+
+
+@pytest.fixture(scope="session")
+def scored_run(tmp_path_factory, tiny_models) -> Path:
+    """A small demo-like run: 9 prompts in 3 categories generated and scored with the tiny models."""
+    from helpers import run_cli
+
+    root = tmp_path_factory.mktemp("scored")
+    categories = ["shapes", "objects", "scenes"]
+    src = write_jsonl(root / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"a {c} number {i}", "category": c}
+                                               for i, c in enumerate(categories * 3)])
+    run = root / "run"
+    run_cli("gen.run", "--input", str(src), "--output-dir", str(run), "--model", "tiny:t2i", "--steps", "2",
+            "--height", "32", "--width", "32", "--true-cfg-scale", "1", "--devices", "cpu", "--progress", "none")
+    run_cli("score.run", "--input", str(run), "--model", "tiny:qwen3vl", "--max-model-len", "2048",
+            "--max-num-seqs", "8", "--max-tokens", "256", "--enforce-eager", "--max-pixels", "16384",
+            "--devices", "cpu", "--progress", "none")
+    return run

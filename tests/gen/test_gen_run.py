@@ -24,12 +24,13 @@ def image_bytes(run: Path) -> dict[str, bytes]:
 
 def test_images_do_not_depend_on_worker_count(prompts16, tmp_path, tiny_models):
     gen(prompts16, tmp_path / "one", "--devices", "cpu")
-    gen(prompts16, tmp_path / "two", "--devices", "cpu,cpu")
+    proc = gen(prompts16, tmp_path / "two", "--devices", "cpu,cpu")
+    assert "to run on cpu, cpu" in proc.stderr  # which worker takes what is up to timing: tests/pool
     one, two = image_bytes(tmp_path / "one"), image_bytes(tmp_path / "two")
     assert len(one) == 16 and one == two
     frame = rows(tmp_path / "two" / "manifest")
     assert len(frame) == 16 and (frame["status"] == "ok").all()
-    assert sorted(frame["worker"].unique()) == [0, 1]  # both workers took work
+    assert set(frame["worker"]) <= {0, 1}
     assert (frame["seed"] == frame["index"]).all()  # seed = seed_start (0) + index
     assert set(frame["image_path"]) == {f"images/{k}_seed{s}.png" for k, s in zip(frame["key"], frame["seed"])}
 

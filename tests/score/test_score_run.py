@@ -113,3 +113,37 @@ def test_unreadable_images_become_failed_rows(tmp_path, tiny_models):
     assert frame.loc["empty", "status"] == "failed" and "UnidentifiedImageError" in frame.loc["empty", "error"]
     assert frame.loc["gone", "status"] == "failed" and "not found" in frame.loc["gone", "error"]
     assert proc.returncode == 0
+
+
+def test_custom_template_from_yaml(tmp_path, tiny_models):
+    template = tmp_path / "tmpl.yaml"
+    template.write_text(
+        "name: colorfulness\nversion: '3'\nsystem: You rate images.\noverall: colorfulness\n"
+        "questions:\n"
+        "  - name: color\n    text: 'How colorful is it? Prompt: {prompt}'\n    images: [image]\n"
+        "    schema:\n      type: object\n      properties:\n"
+        "        colorfulness: {type: integer, minimum: 1, maximum: 5}\n"
+        "      required: [colorfulness]\n      additionalProperties: false\n"
+    )
+    src = write_jsonl(tmp_path / "in.jsonl", [{"image": shape_image(tmp_path / f"{i}.png", (90 * i, 0, 0)).name,
+                                               "prompt": "red"} for i in range(3)])
+    score("--task", "custom", "--template-file", str(template), "--input", str(src),
+          "--output-dir", str(tmp_path / "s"), "--devices", "cpu")
+    frame = rows(tmp_path / "s" / "manifest")
+    assert (frame["status"] == "ok").all() and set(frame["template_version"]) == {"3"}
+    assert frame["overall"].between(1, 5).all()
+    assert all(json.loads(s) == {"colorfulness": o} for s, o in zip(frame["sub_scores"], frame["overall"]))
+
+
+def test_two_stage_edit_benchmark_from_one_config(tmp_path, tiny_models):
+    gen_yaml = tmp_path / "gen.yaml"
+    gen_yaml.write_text(
+        "task: edit\nmodel: tiny:edit\ninput: data/samples/edit/tasks.jsonl\nnum_samples: 5\n"
+        f"output_dir: {tmp_path / 'run'}\nsteps: 1\nheight: 32\nwidth: 32\ntrue_cfg_scale: 1.0\nprogress: none\n"
+    )
+    proc = score("--gen-config", str(gen_yaml), "--devices", "cpu")
+    frame = rows(tmp_path / "run" / "scores" / "manifest")
+    assert len(frame) == 5 and (frame["status"] == "ok").all() and set(frame["task"]) == {"edit"}
+    assert frame["source_image"].str.endswith(".png").all() and frame["image_path"].str.contains("_seed").all()
+    for category in ("physical", "environment", "social", "causal", "referential"):
+        assert category in proc.stdout

@@ -1,0 +1,172 @@
+"""Scoring throughput: genscore's `score.run` against raw `vllm.LLM.generate` and the transformers
+baseline, on a Qwen3-VL-8B-shaped model with random (dummy) weights, in one job.
+
+    python benchmarks/score_bench.py --images 512 --size 512 --hf-images 32
+
+Workload: one image (read from disk through a JSONL manifest for genscore; pre-decoded in memory
+for raw vLLM) + a ~150-character prompt per request, exactly 64 output tokens (ignore_eos).
+- ours:  score.run end to end (a replica process, streaming input, background decode, shards
+         written as results finish); images/s over the span from the first request to the
+         last row, plus the wall time including engine start-up.
+- raw:   one LLM.generate call over the same prompts with in-memory images.
+- hf:    score.run --backend transformers, batch 4 (what users run today), on --hf-images images.
+Prints one JSON line of figures. Needs a GPU (or --device cpu with a tiny --model for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPT = ("Describe this picture in detail, paying attention to the colors, the shapes, the objects in "
+          "the foreground and the background, and the overall style.")
+
+# Qwen/Qwen3-VL-8B-Instruct's architecture (its config.json), for dummy weights at the real size.
+QWEN3_VL_8B = {
+    "text_config": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                        num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=262144,
+                        rms_norm_eps=1e-6, tie_word_embeddings=False,
+                        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                         "mrope_section": [24, 20, 20], "mrope_interleaved": True}),
+    "vision_config": dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                          patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                          deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh"),
+}
+
+
+def build_model_dir(out: Path) -> Path:
+    """Real Qwen3-VL-8B config + the tiny tokenizer and a Qwen3-VL image processor; no weights."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    from data import tiny
+
+    tok = tiny.build_tokenizer(out)
+    ids = tiny._token_ids(tok)
+    text = dict(QWEN3_VL_8B["text_config"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"],
+                bos_token_id=ids["bos_token_id"])
+    config = Qwen3VLConfig(text_config=text, vision_config=QWEN3_VL_8B["vision_config"], tie_word_embeddings=False,
+                           **tiny._vision_token_ids(ids))
+    config.architectures = ["Qwen3VLForConditionalGeneration"]  # else vLLM picks the pooling model
+    config.save_pretrained(out)
+    image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                            size={"shortest_edge": 65536, "longest_edge": 16777216},
+                                            image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    Qwen3VLProcessor(image_processor=image_processor, tokenizer=tok,
+                     video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2),
+                     chat_template=tiny.CHAT_TEMPLATE).save_pretrained(out)
+    return out
+
+
+def write_images(folder: Path, n: int, size: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    records = []
+    for i in range(n):
+        base = (ramp[None, :, None] * rng.uniform(0.3, 1.0, 3) + ramp[:, None, None] * rng.uniform(0, 0.7, 3)) / 1.7
+        pixels = np.clip(base + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+        records.append({"id": f"{i:05d}", "image": f"{i:05d}.png", "category": "bench"})
+    (folder / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder / "bench.jsonl"
+
+
+def score_config(model: str, manifest: Path, out: Path, args, **overrides):
+    from score.config import ScoreConfig
+
+    values = dict(task="caption", prompt=PROMPT, model=model, input=str(manifest), output_dir=str(out),
+                  max_tokens=64, ignore_eos=True, load_format=args.load_format, max_model_len=4096,
+                  max_num_seqs=args.max_num_seqs, devices=args.device, progress="none", max_pixels=args.size ** 2)
+    values.update(overrides)
+    return ScoreConfig(**values)
+
+
+def run_ours(model: str, manifest: Path, out: Path, args, **overrides) -> dict:
+    import pandas as pd
+
+    from score.run import run
+
+    start = time.time()
+    code = run(score_config(model, manifest, out, args, **overrides))
+    wall = time.time() - start
+    frame = pd.read_parquet(out / "manifest")
+    ok = frame[frame["status"] == "ok"]
+    span = (frame["started_at"] + frame["duration_s"]).max() - frame["started_at"].min()
+    return {"exit": code, "ok": len(ok), "images_per_s": len(frame) / span, "wall_s": wall,
+            "startup_s": wall - span, "prompt_tokens": float(ok["prompt_tokens"].mean()),
+            "output_tokens": float(ok["output_tokens"].mean())}
+
+
+def run_raw(model: str, manifest: Path, args) -> dict:
+    from PIL import Image
+    from vllm import LLM, SamplingParams
+
+    from score.engine import engine_args
+
+    folder = manifest.parent
+    images = [Image.open(folder / json.loads(line)["image"]).convert("RGB") for line in manifest.read_text().splitlines()]
+    config = score_config(model, manifest, folder, args)
+    start = time.time()
+    llm = LLM(**engine_args(config, "cuda" if args.device.startswith("cuda") else "cpu", 1))
+    startup = time.time() - start
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
+    prompt = llm.get_tokenizer().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    params = SamplingParams(max_tokens=64, min_tokens=64, ignore_eos=True, temperature=0.0)
+    requests = [{"prompt": prompt, "multi_modal_data": {"image": [im]}} for im in images]
+    t0 = time.time()
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    elapsed = time.time() - t0
+    llm.llm_engine.engine_core.shutdown()
+    return {"images_per_s": len(outputs) / elapsed, "startup_s": startup,
+            "prompt_tokens": sum(len(o.prompt_token_ids) for o in outputs) / len(outputs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--hf-images", type=int, default=32)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--model", default=None, help="model folder (default: Qwen3-VL-8B shape, dummy weights)")
+    parser.add_argument("--load-format", default="dummy")
+    parser.add_argument("--device", default="cuda:0")
+    parser.add_argument("--modes", default="ours,raw,hf")
+    parser.add_argument("--replicas", type=int, default=1, help="ours only: replicas (one GPU each)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="score-bench-"))
+    model = args.model or str(build_model_dir(work / "model"))
+    manifest = write_images(work / "images", args.images, args.size)
+    result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens", "model": args.model or "qwen3-vl-8b-shape"}
+    modes = args.modes.split(",")
+    if "ours" in modes:
+        overrides = {"devices": None, "replicas": args.replicas} if args.replicas > 1 else {}
+        result["ours"] = run_ours(model, manifest, work / "ours", args, **overrides)
+    if "raw" in modes:
+        result["raw_vllm"] = run_raw(model, manifest, args)
+    if "hf" in modes:
+        hf_manifest = manifest.with_name("hf.jsonl")
+        hf_manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[: args.hf_images]))
+        result["transformers"] = run_ours(model, hf_manifest, work / "hf", args, backend="transformers", batch_size=4)
+    if "ours" in result and "raw_vllm" in result:
+        result["ours_vs_raw"] = result["ours"]["images_per_s"] / result["raw_vllm"]["images_per_s"]
+    if "ours" in result and "transformers" in result:
+        result["ours_vs_transformers"] = result["ours"]["images_per_s"] / result["transformers"]["images_per_s"]
+    print(json.dumps(result), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

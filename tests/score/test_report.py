@@ -1,0 +1,84 @@
+"""score.report and the notebook, on a real generated-and-scored run."""
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from data.manifest import SCORE_SCHEMA, write_rows
+from helpers import ROOT, run_cli
+
+
+def _cell(html_text: str, table: str, row: str, column: str) -> str:
+    """The text of one cell of a report table (pandas to_html layout)."""
+    block = re.search(rf'<div data-table="{table}">(.*?)</div>', html_text, re.S).group(1)
+    header = re.findall(r"<th>(.*?)</th>", block.split("</thead>")[0])
+    for tr in re.findall(r"<tr>(.*?)</tr>", block.split("<tbody>")[1], re.S):
+        head = re.search(r"<th>(.*?)</th>", tr).group(1)
+        if head == row:
+            cells = re.findall(r"<td>(.*?)</td>", tr)
+            return cells[header.index(column) - 1]
+    raise AssertionError(f"no row {row} in {table}")
+
+
+def test_report_tables_match_the_parquet_and_embed_images(scored_run, tmp_path):
+    out = tmp_path / "report.html"
+    proc = run_cli("score.report", str(scored_run), "--out", str(out))
+    text = out.read_text()
+    scores = pd.read_parquet(scored_run / "scores" / "manifest")
+    for category, group in scores.groupby("category"):
+        assert _cell(text, "Scores per category", category, "n") == str(len(group))
+        assert _cell(text, "Scores per category", category, "overall_mean") == f"{group['overall'].mean():.2f}"
+        assert _cell(text, "Scores per category", category, "quality_mean") == f"{group['quality'].mean():.2f}"
+    assert _cell(text, "Scores per category", "all", "ok") == str((scores["status"] == "ok").sum())
+    assert "tiny:qwen3vl | template viescore-t2i v1" in text
+    assert text.count("data:image/png;base64,") >= 2 + 8  # plots + best/worst thumbnails
+    assert "scores per category" in proc.stdout and str(out.resolve()) in proc.stdout
+
+
+def _shifted_copy(run: Path, dest: Path, category: str, delta: float) -> Path:
+    """Run B: run A's scores with `delta` added to the overall score of one category."""
+    shutil.copytree(run, dest)
+    table = pq.read_table(dest / "scores" / "manifest").to_pylist()
+    shutil.rmtree(dest / "scores" / "manifest")
+    for row in table:
+        if row["category"] == category:
+            row["overall"] += delta
+    write_rows(dest / "scores" / "manifest", SCORE_SCHEMA, table)
+    return dest
+
+
+def test_compare_two_runs(scored_run, tmp_path):
+    b = _shifted_copy(scored_run, tmp_path / "b", "objects", 1.5)
+    proc = run_cli("score.report", str(scored_run), str(b))
+    lines = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()}
+    n, mean_a, mean_b, diff, win = lines["objects"][1:6]
+    assert int(n) == 3 and math.isclose(float(diff), 1.5) and float(win) == 1.0
+    assert float(lines["shapes"][4]) == 0.0 and float(lines["shapes"][5]) == 0.5  # ties count half
+    assert math.isclose(float(lines["all"][4]), 1.5 / 3, abs_tol=0.01)
+
+
+def test_gedit_export(scored_run, tmp_path):
+    run_cli("score.report", str(scored_run), "--out", str(tmp_path / "r.html"), "--gedit", str(tmp_path / "g"))
+    samples = pd.read_csv(tmp_path / "g" / "gedit_samples.csv")
+    categories = pd.read_csv(tmp_path / "g" / "gedit_categories.csv", index_col=0)
+    assert {"semantics_score", "quality_score", "overall_score"} <= set(samples.columns) and len(samples) == 9
+    means = samples.groupby("category")["overall_score"].mean()
+    assert all(math.isclose(categories.loc[c, "overall_score"], m) for c, m in means.items())
+    assert math.isclose(categories.loc["average", "overall_score"], samples["overall_score"].mean())
+
+
+def test_notebook_runs_against_a_run(scored_run, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("GENSCORE_RUN_DIR", str(scored_run))
+    notebook = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
