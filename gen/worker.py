@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.images import open_rgb
 from data.manifest import GEN_SCHEMA, empty_row
 from data.tiny import resolve_model
 from gen.config import GenConfig
@@ -48,19 +49,6 @@ def failed_row(sample: dict, config: GenConfig, reason: str) -> dict:
     row = base_row(sample, config)
     row.update(status="failed", error=reason, started_at=time.time(), duration_s=0.0)
     return row
-
-
-def load_source(path: str | None):
-    """The source image as RGB, with a reason when it cannot be used."""
-    from PIL import Image
-
-    if not path:
-        raise ValueError("no source image given")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"source image not found: {path}")
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
 
 
 class GenStage:
@@ -99,7 +87,7 @@ class GenStage:
         ready, images = [], []
         for sample, row in zip(batch, rows):
             try:
-                image = load_source(sample.get("source_image")) if self.config.task == "edit" else None
+                image = open_rgb(sample.get("source_image")) if self.config.task == "edit" else None
                 if not (sample.get("prompt") or "").strip():
                     raise ValueError("empty prompt")
             except Exception as exc:  # noqa: BLE001 - a bad input becomes its own failed row

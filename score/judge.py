@@ -9,11 +9,10 @@ failed row carrying the reason (and the raw answer).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from data.images import open_rgb
 from data.manifest import SCORE_SCHEMA, empty_row
 from score.config import ScoreConfig
 from score.templates import TEMPLATES, Template, caption_template, load_template
@@ -27,31 +26,6 @@ def resolve_template(config: ScoreConfig, task: str) -> Template:
     if task == "caption" and config.prompt:
         return caption_template(config.prompt)
     return TEMPLATES[task]
-
-
-def load_image(path: str | None, max_pixels: int, min_pixels: int):
-    """An RGB image scaled into [min_pixels, max_pixels], keeping its aspect ratio."""
-    from PIL import Image
-
-    if not path:
-        raise ValueError("no image path")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as image:
-        image.draft("RGB", _target_size(image.size, max_pixels, min_pixels))  # JPEG: decode at reduced size
-        image = image.convert("RGB")
-    size = _target_size(image.size, max_pixels, min_pixels)
-    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
-
-
-def _target_size(size: tuple[int, int], max_pixels: int, min_pixels: int) -> tuple[int, int]:
-    w, h = size
-    scale = 1.0
-    if w * h > max_pixels:
-        scale = math.sqrt(max_pixels / (w * h))
-    elif w * h < min_pixels:
-        scale = math.sqrt(min_pixels / (w * h))
-    return (max(1, round(w * scale)), max(1, round(h * scale))) if scale != 1.0 else (w, h)
 
 
 @dataclass
@@ -82,7 +56,7 @@ class Judge:
             images = {}
             for role in {r for q in self.template.questions for r in q.images}:
                 path = item.get("source_image") if role == "source" else item.get("image_path")
-                images[role] = load_image(path, self.config.max_pixels, self.config.min_pixels)
+                images[role] = open_rgb(path, self.config.max_pixels, self.config.min_pixels)
             for q in self.template.questions:
                 text = q.text.format(prompt=item.get("prompt") or "")
                 prepared.requests.append(Request(q.name, self._render(text, len(q.images)),

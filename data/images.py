@@ -1,0 +1,33 @@
+"""Opening input images: one place for the checks every stage needs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def open_rgb(path: str | None, max_pixels: int | None = None, min_pixels: int = 1):
+    """An RGB image, scaled into [min_pixels, max_pixels] keeping its aspect ratio when a cap is
+    given. Raises with a readable reason for a missing, empty or undecodable file."""
+    from PIL import Image
+
+    if not path:
+        raise ValueError("no image path given")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    with Image.open(path) as image:
+        if max_pixels:
+            image.draft("RGB", _fit(image.size, max_pixels, min_pixels))  # JPEG: decode at reduced size
+        image = image.convert("RGB")
+    if not max_pixels:
+        return image
+    size = _fit(image.size, max_pixels, min_pixels)
+    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _fit(size: tuple[int, int], max_pixels: int, min_pixels: int) -> tuple[int, int]:
+    w, h = size
+    if min_pixels <= w * h <= max_pixels:
+        return size
+    scale = math.sqrt((max_pixels if w * h > max_pixels else min_pixels) / (w * h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
