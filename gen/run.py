@@ -5,7 +5,6 @@ With no arguments it runs `configs/demo.yaml` (tiny offline model, bundled promp
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 

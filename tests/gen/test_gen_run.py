@@ -154,3 +154,16 @@ def test_batches_match_single_calls_and_sizes(prompts16, tmp_path, tiny_models):
     frame = rows(tmp_path / "b4" / "manifest")
     assert len(frame) == 8 and (frame["status"] == "ok").all()
     assert (frame["height"] == 32).all() and (frame["width"] == 32).all()
+
+
+def test_second_run_on_the_same_folder_is_refused(prompts16, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    first = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *T2I, "--devices", "cpu")
+    deadline = time.time() + 60
+    while not (run / "run.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    second = gen(prompts16, run, "--devices", "cpu", check=False)
+    first.wait(timeout=300)
+    assert second.returncode == 2 and "is in use by a running genscore run (pid" in second.stderr
+    assert first.returncode == 0
+    gen(prompts16, run, "--devices", "cpu")  # the lock goes with its holder
