@@ -43,25 +43,20 @@ QWEN3_VL_8B = {
 
 
 def build_model_dir(out: Path) -> Path:
-    """Real Qwen3-VL-8B config + the tiny tokenizer and a Qwen3-VL image processor; no weights."""
-    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLProcessor, Qwen3VLVideoProcessor
+    """Real Qwen3-VL-8B config + the tiny tokenizer and a Qwen3-VL-8B-sized processor; no weights."""
+    from transformers import Qwen3VLConfig
 
     from data import tiny
 
     tok = tiny.build_tokenizer(out)
-    ids = tiny._token_ids(tok)
+    ids = tiny.token_ids(tok)
     text = dict(QWEN3_VL_8B["text_config"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"],
                 bos_token_id=ids["bos_token_id"])
     config = Qwen3VLConfig(text_config=text, vision_config=QWEN3_VL_8B["vision_config"], tie_word_embeddings=False,
-                           **tiny._vision_token_ids(ids))
+                           **tiny.vision_token_ids(ids))
     config.architectures = ["Qwen3VLForConditionalGeneration"]  # else vLLM picks the pooling model
     config.save_pretrained(out)
-    image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
-                                            size={"shortest_edge": 65536, "longest_edge": 16777216},
-                                            image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    Qwen3VLProcessor(image_processor=image_processor, tokenizer=tok,
-                     video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2),
-                     chat_template=tiny.CHAT_TEMPLATE).save_pretrained(out)
+    tiny.save_qwen3vl_processor(out, tok, min_pixels=65536, max_pixels=16777216)  # Qwen3-VL-8B's own bounds
     return out
 
 

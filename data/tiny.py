@@ -111,7 +111,7 @@ def build_tokenizer(out: Path, vocab_size: int = 1500):
     return fast
 
 
-def _token_ids(tok) -> dict[str, int]:
+def token_ids(tok) -> dict[str, int]:
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return {
         "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
@@ -121,7 +121,7 @@ def _token_ids(tok) -> dict[str, int]:
     }
 
 
-def _vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
+def vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
     names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
     return {name: ids[name] for name in names}
 
@@ -129,13 +129,10 @@ def _vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
 def build_qwen3vl(out: Path) -> None:
     """Tiny Qwen3-VL (~0.8 M params) with processor; vLLM CPU and transformers both run it."""
     import torch
-    from transformers import (
-        Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor,
-        Qwen3VLVideoProcessor,
-    )
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     tok = build_tokenizer(out)
-    ids = _token_ids(tok)
+    ids = token_ids(tok)
     text = dict(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
@@ -150,7 +147,7 @@ def build_qwen3vl(out: Path) -> None:
         num_position_embeddings=256, deepstack_visual_indexes=[0, 1],
     )
     config = Qwen3VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=False, **_vision_token_ids(ids),
+        text_config=text, vision_config=vision, tie_word_embeddings=False, **vision_token_ids(ids),
     )
     config.eos_token_id = ids["eos_token_id"]
     config.pad_token_id = ids["pad_token_id"]
@@ -159,9 +156,16 @@ def build_qwen3vl(out: Path) -> None:
     model.generation_config.eos_token_id = ids["eos_token_id"]
     model.generation_config.pad_token_id = ids["pad_token_id"]
     model.save_pretrained(out)
+    save_qwen3vl_processor(out, tok, min_pixels=32 * 32, max_pixels=256 * 256)
+
+
+def save_qwen3vl_processor(out: Path, tok, min_pixels: int, max_pixels: int) -> None:
+    """A Qwen3-VL processor (patch 16, merge 2) around `tok`, saved beside a model in `out`."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
     image_processor = Qwen2VLImageProcessor(
         patch_size=16, merge_size=2, temporal_patch_size=2,
-        size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256},
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
@@ -177,7 +181,7 @@ def _qwen_image_text_encoder(tok):
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    ids = _token_ids(tok)
+    ids = token_ids(tok)
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
@@ -190,7 +194,7 @@ def _qwen_image_text_encoder(tok):
             spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=16, window_size=112,
             fullatt_block_indexes=[1],
         ),
-        **_vision_token_ids(ids),
+        **vision_token_ids(ids),
     )
     torch.manual_seed(1)
     return Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
