@@ -86,17 +86,22 @@ def read_manifest(folder: Path | str) -> pa.Table | None:
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
 
 
+def latest_records(table: pa.Table) -> dict[str, dict]:
+    """key -> the row of each key's latest attempt (plain Python values, None for nulls)."""
+    out: dict[str, dict] = {}
+    for row in table.to_pylist():
+        if row["key"] not in out or row["attempt"] >= out[row["key"]]["attempt"]:
+            out[row["key"]] = row
+    return out
+
+
 def latest_status(folder: Path | str) -> dict[str, tuple[str, int]]:
     """key -> (status, attempt) of each key's latest attempt."""
     table = read_manifest(folder)
     if table is None:
         return {}
-    out: dict[str, tuple[str, int]] = {}
-    cols = table.select(["key", "status", "attempt"]).to_pydict()
-    for key, status, attempt in zip(cols["key"], cols["status"], cols["attempt"]):
-        if key not in out or attempt >= out[key][1]:
-            out[key] = (status, attempt)
-    return out
+    latest = latest_records(table.select(["key", "status", "attempt"]))
+    return {key: (row["status"], row["attempt"]) for key, row in latest.items()}
 
 
 def latest_rows(frame):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data.manifest import read_manifest
+from data.manifest import latest_records, read_manifest
 from data.sources import Columns, InputError, load_samples, safe_name
 
 SKIPPED_ELEMENTS = {"TextElement", "ImageElement"}
@@ -40,11 +40,7 @@ def run_samples(run: Path) -> list[dict]:
     table = read_manifest(run / "manifest")
     if table is None:
         raise InputError(f"{run}/manifest holds no rows yet")
-    latest: dict[str, dict] = {}
-    for row in table.to_pylist():
-        if row["key"] not in latest or row["attempt"] >= latest[row["key"]]["attempt"]:
-            latest[row["key"]] = row
-    rows = sorted((r for r in latest.values() if r["status"] == "ok"), key=lambda r: r["index"])
+    rows = sorted((r for r in latest_records(table).values() if r["status"] == "ok"), key=lambda r: r["index"])
     fields = ("index", "sample_id", "key", "prompt", "category", "extra", "source_image", "task")
     return [{**{f: r[f] for f in fields}, "image_path": str((run / r["image_path"]).resolve())} for r in rows]
 
