@@ -108,6 +108,8 @@ def run_raw(model: str, manifest: Path, args) -> dict:
     from vllm import LLM, SamplingParams
 
     from score.engine import engine_args
+    from score.judge import Judge
+    from score.templates import caption_template
 
     folder = manifest.parent
     images = [Image.open(folder / json.loads(line)["image"]).convert("RGB") for line in manifest.read_text().splitlines()]
@@ -115,9 +117,8 @@ def run_raw(model: str, manifest: Path, args) -> dict:
     start = time.time()
     llm = LLM(**engine_args(config, "cuda" if args.device.startswith("cuda") else "cpu", 1))
     startup = time.time() - start
-    messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
-    prompt = llm.get_tokenizer().apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    judge = Judge(config, caption_template(PROMPT), llm.get_tokenizer())
+    prompt = judge.prepare({"image_path": str(folder / "00000.png")}).requests[0].prompt  # ours, word for word
     params = SamplingParams(max_tokens=64, min_tokens=64, ignore_eos=True, temperature=0.0)
     requests = [{"prompt": prompt, "multi_modal_data": {"image": [im]}} for im in images]
     t0 = time.time()

@@ -30,6 +30,14 @@ class GenConfig:
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f("auto", "weights dtype; auto = bf16 on GPU, fp32 on CPU")
     cpu_offload: bool = _f(False, "diffusers model CPU offload (slower, far less GPU memory)")
     batch_size: int = _f(1, "samples per pipeline call (one generator per sample)")
+    compile: Literal["auto", "on", "off"] = _f(
+        "auto", "regional torch.compile of the transformer's repeated blocks; auto = on for GPUs")
+    attention_backend: str | None = _f(None, "diffusers attention backend, e.g. _native_cudnn, flash, _flash_3")
+    cache_threshold: float | None = _f(
+        None, "first-block cache: skip the other blocks while the first block's output changes less "
+              "than this (lossy; e.g. 0.05). Default off")
+    load_format: Literal["auto", "dummy"] = _f("auto", "weights: auto, or dummy = random weights built "
+                                                       "from the folder's configs (benchmarks at real size)")
 
     steps: int = _f(50, "denoising steps")
     guidance_scale: float | None = _f(None, "guidance scale for pipelines that take one")
@@ -50,6 +58,7 @@ class GenConfig:
 
 # Settings that change how a run goes, not what it produces: free to change on resume.
 RUNTIME_FIELDS = {
-    "devices", "gpus", "serial_load", "cpu_offload", "batch_size", "num_samples", "offset",
+    "devices", "gpus", "serial_load", "cpu_offload", "batch_size", "compile", "attention_backend",
+    "num_samples", "offset",
     "output_dir", "retry_failed", "force", "fail_on_error", "max_retries", "progress",
 }

@@ -8,7 +8,10 @@ refused with a clear message at load time.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +44,13 @@ def check_model(model: str) -> None:
 
 
 def load_pipeline(model: str, dtype: str, device: str, cpu_offload: bool = False,
-                  scheduler: dict | None = None):
-    import torch
+                  scheduler: dict | None = None, load_format: str = "auto"):
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype(dtype, device), use_safetensors=True)
+    if load_format == "dummy":
+        pipe = dummy_pipeline(model, torch_dtype(dtype, device), device)
+    else:
+        pipe = DiffusionPipeline.from_pretrained(model, dtype=torch_dtype(dtype, device), use_safetensors=True)
     if scheduler:
         pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, **scheduler)
     if cpu_offload and device.startswith("cuda"):
@@ -54,6 +59,67 @@ def load_pipeline(model: str, dtype: str, device: str, cpu_offload: bool = False
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def dummy_pipeline(model: str, dtype, device: str):
+    """The pipeline in `model` with random weights: every network built from its config.json,
+    directly on `device` and in `dtype` (a 20 B transformer never exists in fp32 or on the host);
+    tokenizers, processors and schedulers load as usual."""
+    import torch
+    from diffusers import DiffusionPipeline, ModelMixin
+    from transformers import AutoConfig, PreTrainedModel
+
+    folder = Path(model)
+    index = json.loads((folder / "model_index.json").read_text())
+    torch.manual_seed(0)  # the same random weights in every worker and run: outputs stay comparable
+    parts = {}
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        cls = getattr(importlib.import_module(spec[0]), spec[1])
+        if issubclass(cls, ModelMixin):
+            with torch.device(device), _default_dtype(dtype):
+                parts[name] = cls.from_config(cls.load_config(folder / name))
+        elif issubclass(cls, PreTrainedModel):
+            with torch.device(device), _default_dtype(dtype):
+                parts[name] = cls._from_config(AutoConfig.from_pretrained(folder / name), dtype=dtype)
+        else:
+            parts[name] = cls.from_pretrained(folder / name)
+    pipeline_cls = getattr(importlib.import_module("diffusers"), index["_class_name"])
+    assert issubclass(pipeline_cls, DiffusionPipeline)
+    return pipeline_cls(**parts)
+
+
+def speed_up(pipe, compile: str, attention_backend: str | None, cache_threshold: float | None, device: str) -> None:
+    """Lossless: the attention backend and regional compilation (each repeated transformer block
+    compiled once, reused 60 times: seconds of compile instead of minutes). Lossy, only when asked:
+    first-block caching."""
+    denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    if denoiser is None:
+        return
+    if attention_backend:
+        denoiser.set_attention_backend(attention_backend)
+    if cache_threshold is not None:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        denoiser.enable_cache(FirstBlockCacheConfig(threshold=cache_threshold))
+    if compile == "on" or (compile == "auto" and device.startswith("cuda")):
+        if getattr(denoiser, "_repeated_blocks", None):
+            denoiser.compile_repeated_blocks(fullgraph=True)
+        else:
+            denoiser.compile(fullgraph=False)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from data.images import open_rgb
 from data.manifest import GEN_SCHEMA, empty_row
 from data.tiny import resolve_model
 from gen.config import GenConfig
-from gen.pipeline import Params, TaskAdapter, load_pipeline
+from gen.pipeline import Params, TaskAdapter, load_pipeline, speed_up
 
 
 def batched(items: Iterable[dict], n: int) -> Iterator[list[dict]]:
@@ -59,7 +59,8 @@ class GenStage:
             torch.set_num_threads(int(os.environ.get("GENSCORE_CPU_THREADS", "1")))
         self.config, self.device = config, device
         self.pipe = load_pipeline(resolve_model(config.model), config.dtype, device, config.cpu_offload,
-                                  config.scheduler)
+                                  config.scheduler, config.load_format)
+        speed_up(self.pipe, config.compile, config.attention_backend, config.cache_threshold, device)
         self.adapter = TaskAdapter(self.pipe, config.task)
         self.batch_size = min(config.batch_size, self.adapter.max_batch or config.batch_size)
         self.prefetch = 2 * self.batch_size

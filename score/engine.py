@@ -1,14 +1,17 @@
 """The vLLM judge replica: one engine per process, kept full by a stream of samples.
 
-Continuous batching: samples are pulled from the feed into a bounded window, decoded and
-resized on background threads, and their requests added to the engine as soon as they are
-ready; `engine.step()` runs one scheduler step and returns what finished, and each sample's
-row is yielded the moment its last answer arrives, never waiting for a chunk.
+Continuous batching: samples are pulled from the feed into a bounded window, decoded, resized
+and rendered (vLLM's HF processor: pixels to patches, prompt to tokens) on background threads,
+and their requests added to the engine as soon as they are ready; `engine.step()` runs one
+scheduler step and returns what finished, and each sample's row is yielded the moment its last
+answer arrives, never waiting for a chunk. Rendering off the stepping thread matters: done
+inline it stalls the loop that feeds the GPU for several milliseconds per image.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,6 +53,7 @@ class VLLMStage:
         self.window = config.window or 2 * config.max_num_seqs
         self.prefetch = self.window
         self.threads = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="decode")
+        self.render_lock = threading.Lock()  # the HF processor and its cache are not thread-safe
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
@@ -89,16 +93,18 @@ class VLLMStage:
                     yield judge.failed(prepared.item, prepared.error, prepared.started_at)
                     continue
                 state = _Running(prepared, judge)
-                for request in prepared.requests:
-                    rid += 1
-                    running[str(rid)] = state
-                    state.pending[str(rid)] = request.question
-                    internal = self.engine.add_request(
-                        str(rid), {"prompt": request.prompt, "multi_modal_data": {"image": request.images}},
-                        self._params(request.schema),
-                    )
-                    if isinstance(internal, str) and internal != str(rid):
-                        alias[internal] = str(rid)  # some vLLM versions report the internal id
+                try:
+                    for request, engine_input in zip(prepared.requests, prepared.engine_inputs):
+                        rid += 1
+                        running[str(rid)] = state
+                        state.pending[str(rid)] = request.question
+                        internal = self.engine.add_request(str(rid), engine_input, self._params(request.schema))
+                        if isinstance(internal, str) and internal != str(rid):
+                            alias[internal] = str(rid)  # some vLLM versions report the internal id
+                except ValueError as exc:  # e.g. a prompt longer than max_model_len
+                    yield self._drop(state, running, judge.failed(prepared.item, f"rejected by vLLM: {exc}",
+                                                                  prepared.started_at))
+                    continue
                 in_flight += 1
             if not in_flight:
                 if feed.exhausted and not decoding:
@@ -115,7 +121,25 @@ class VLLMStage:
                     yield state.finish()
 
     def _prepare(self, item: dict) -> Prepared:
-        return self.judge(item["task"]).prepare(item)
+        prepared = self.judge(item["task"]).prepare(item)
+        if prepared.error:
+            return prepared
+        prompts = [{"prompt": r.prompt, "multi_modal_data": {"image": r.images}} for r in prepared.requests]
+        try:
+            with self.render_lock:
+                prepared.engine_inputs = self.engine.renderer.render_cmpl(prompts)
+        except Exception as exc:  # noqa: BLE001 - an input the processor refuses: a failed row
+            prepared.error = f"{type(exc).__name__}: {exc}"
+        return prepared
+
+    def _drop(self, state: "_Running", running: dict, row: dict) -> dict:
+        """Abort a sample's requests that did get in, so a half-added sample leaves no work behind."""
+        added = list(state.pending)
+        for request_id in added:
+            running.pop(request_id, None)
+        if added:
+            self.engine.abort_request(added)
+        return row
 
 
 class _Running:

@@ -40,6 +40,7 @@ class Request:
 class Prepared:
     item: dict
     requests: list[Request] = field(default_factory=list)
+    engine_inputs: list = field(default_factory=list)  # vLLM backend: the requests, rendered
     error: str | None = None
     started_at: float = field(default_factory=time.time)
 
