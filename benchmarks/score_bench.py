@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--hf-images", type=int, default=32)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="default: vLLM's (1024 on an H100)")
     parser.add_argument("--model", default=None, help="model folder (default: Qwen3-VL-8B shape, dummy weights)")
     parser.add_argument("--load-format", default="dummy")
     parser.add_argument("--device", default="cuda:0")

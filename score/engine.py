@@ -11,10 +11,10 @@ inline it stalls the loop that feeds the GPU for several milliseconds per image.
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from data.tiny import resolve_model
 from gen.pipeline import DTYPES
@@ -27,7 +27,7 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
     dtype = DTYPES.get(config.dtype, "auto") if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
     return dict(
         model=resolve_model(config.model), dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
-        max_num_seqs=config.max_num_seqs, enforce_eager=config.enforce_eager, seed=0,
+        **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}), enforce_eager=config.enforce_eager, seed=0,
         limit_mm_per_prompt={"image": 2, "video": 0},
         mm_processor_kwargs={"max_pixels": config.max_pixels, "min_pixels": config.min_pixels},
         # guidance with no free whitespace: even a random tiny model then emits valid JSON.
@@ -50,10 +50,11 @@ class VLLMStage:
         self.engine = self.llm.llm_engine
         self.tasks: dict[str, Judge] = {}
         self.tokenizer = self.llm.get_tokenizer()
-        self.window = config.window or 2 * config.max_num_seqs
+        self.window = config.window or 2 * (config.max_num_seqs or 512)
         self.prefetch = self.window
         self.threads = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="decode")
         self.render_lock = threading.Lock()  # the HF processor and its cache are not thread-safe
+        self.ready: queue.SimpleQueue[Prepared] = queue.SimpleQueue()  # rendered, in render order
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
@@ -76,18 +77,20 @@ class VLLMStage:
                               min_tokens=self.config.max_tokens if fixed else 0)
 
     def process(self, feed: Feed) -> Iterator[dict]:
-        decoding: deque[Future] = deque()
         running: dict[str, _Running] = {}  # engine request id -> the sample it belongs to
         in_flight = 0                      # samples with requests in the engine
+        preparing = 0                      # samples on the threads or waiting in self.ready
         alias: dict[str, str] = {}          # internal request id -> ours
         rid = 0
         while True:
-            room = self.window - in_flight - len(decoding)
+            room = self.window - in_flight - preparing
             if room > 0 and not feed.exhausted:
-                for item in feed.take(room, block=not in_flight and not decoding):
-                    decoding.append(self.threads.submit(self._prepare, item))
-            while decoding and (decoding[0].done() or not in_flight):
-                prepared = decoding.popleft().result()
+                for item in feed.take(room, block=not in_flight and not preparing):
+                    self.threads.submit(self._prepare, item)
+                    preparing += 1
+            while preparing and (not self.ready.empty() or not in_flight):
+                prepared = self.ready.get()  # blocks only while the engine has nothing to do
+                preparing -= 1
                 judge = self.judge(prepared.item["task"])
                 if prepared.error:
                     yield judge.failed(prepared.item, prepared.error, prepared.started_at)
@@ -107,7 +110,7 @@ class VLLMStage:
                     continue
                 in_flight += 1
             if not in_flight:
-                if feed.exhausted and not decoding:
+                if feed.exhausted and not preparing:
                     return
                 continue
             for output in self.engine.step():
@@ -120,17 +123,22 @@ class VLLMStage:
                     in_flight -= 1
                     yield state.finish()
 
-    def _prepare(self, item: dict) -> Prepared:
-        prepared = self.judge(item["task"]).prepare(item)
-        if prepared.error:
-            return prepared
-        prompts = [{"prompt": r.prompt, "multi_modal_data": {"image": r.images}} for r in prepared.requests]
+    def _prepare(self, item: dict) -> None:
+        """Decode and render one sample (on a thread), then queue it for the engine loop."""
         try:
-            with self.render_lock:
-                prepared.engine_inputs = self.engine.renderer.render_cmpl(prompts)
-        except Exception as exc:  # noqa: BLE001 - an input the processor refuses: a failed row
-            prepared.error = f"{type(exc).__name__}: {exc}"
-        return prepared
+            prepared = self.judge(item["task"]).prepare(item)
+        except Exception as exc:  # noqa: BLE001 - e.g. a bad template: the sample must still come back
+            prepared = Prepared(item, error=f"{type(exc).__name__}: {exc}")
+        prompts = [{"prompt": r.prompt, "multi_modal_data": {"image": r.images}} for r in prepared.requests]
+        # One at a time, and queued in the order rendered: the processor's cache of image features
+        # mirrors the engine's, so requests must reach the engine in the order they were rendered.
+        with self.render_lock:
+            if not prepared.error:
+                try:
+                    prepared.engine_inputs = self.engine.renderer.render_cmpl(prompts)
+                except Exception as exc:  # noqa: BLE001 - an input the processor refuses: a failed row
+                    prepared.error = f"{type(exc).__name__}: {exc}"
+            self.ready.put(prepared)
 
     def _drop(self, state: "_Running", running: dict, row: dict) -> dict:
         """Abort a sample's requests that did get in, so a half-added sample leaves no work behind."""
