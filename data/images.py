@@ -18,11 +18,26 @@ def open_rgb(path: str | None, max_pixels: int | None = None, min_pixels: int = 
     with Image.open(path) as image:
         if max_pixels:
             image.draft("RGB", _fit(image.size, max_pixels, min_pixels))  # JPEG: decode at reduced size
-        image = image.convert("RGB")
+        image = _to_rgb(image)
     if not max_pixels:
         return image
     size = _fit(image.size, max_pixels, min_pixels)
     return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _to_rgb(image):
+    """8-bit RGB from any mode: 16-bit grey is scaled (a plain convert would clip it to white),
+    transparency is flattened onto white (a plain convert would show the hidden pixels)."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):
+        image = image.convert("I").point(lambda v: v * (1 / 257)).convert("L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
 
 
 def _fit(size: tuple[int, int], max_pixels: int, min_pixels: int) -> tuple[int, int]:

@@ -140,10 +140,14 @@ def resolve_path(value: Any, base: Path, root: Path | None) -> str | None:
         return None
     if isinstance(value, dict) and "path" in value:  # a `datasets` Image feature without decoding
         value = value["path"]
+    if "\0" in str(value):
+        raise InputError(f"image path {value!r} contains a NUL byte")
     path = Path(str(value))
     full = (base / path).resolve() if not path.is_absolute() else path.resolve()
     allowed = (root or base).resolve()
-    if not path.is_absolute() and not full.is_relative_to(allowed):
+    # Relative paths stay under the input's folder (or --image-root); absolute ones are the
+    # user's own choice, unless an --image-root was given, which then bounds them too.
+    if (root is not None or not path.is_absolute()) and not full.is_relative_to(allowed):
         raise InputError(f"image path {value!r} leaves {allowed}")
     return str(full)
 

@@ -35,7 +35,7 @@ class GenConfig:
     attention_backend: str | None = _f(None, "diffusers attention backend, e.g. _native_cudnn, flash, _flash_3")
     cache_threshold: float | None = _f(
         None, "first-block cache: skip the other blocks while the first block's output changes less "
-              "than this (lossy; e.g. 0.05). Default off")
+              "than this (lossy; e.g. 0.05; turns --compile auto off). Default off")
     load_format: Literal["auto", "dummy"] = _f("auto", "weights: auto, or dummy = random weights built "
                                                        "from the folder's configs (benchmarks at real size)")
 

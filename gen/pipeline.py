@@ -115,6 +115,9 @@ def speed_up(pipe, compile: str, attention_backend: str | None, cache_threshold:
         from diffusers.hooks import FirstBlockCacheConfig
 
         denoiser.enable_cache(FirstBlockCacheConfig(threshold=cache_threshold))
+    # diffusers' cache hooks are torch.compiler.disable'd, which fullgraph compilation refuses.
+    if cache_threshold is not None and compile == "auto":
+        compile = "off"
     if compile == "on" or (compile == "auto" and device.startswith("cuda")):
         if getattr(denoiser, "_repeated_blocks", None):
             denoiser.compile_repeated_blocks(fullgraph=True)

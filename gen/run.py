@@ -39,8 +39,9 @@ def identity(config: GenConfig) -> dict:
     return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
 
 
-def run(config: GenConfig) -> int:
-    """Run generation; returns the process exit code."""
+def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
+    """Run generation; returns the process exit code. `stage` ("module:Class") is what each
+    worker runs: GenStage, or a subclass (tests use one to raise faults they cannot cause)."""
     check_model(resolve_model(config.model))
     columns = Columns(config.id_column, config.prompt_column, config.image_column, config.category_column)
     samples = load_samples(config.input, columns, config.num_samples, config.offset, config.image_root)
@@ -58,7 +59,7 @@ def run(config: GenConfig) -> int:
         progress = Progress(len(todo), config.progress, unit="img")
         if todo:
             executor = Executor(
-                "gen.worker:GenStage", config, devices, on_row=writer.add,
+                stage, config, devices, on_row=writer.add,
                 failed_row=lambda item, reason: failed_row(item, config, reason),
                 max_retries=config.max_retries, serial_load=config.serial_load, progress=progress,
             )

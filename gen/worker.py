@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +19,7 @@ from data.manifest import GEN_SCHEMA, empty_row
 from data.tiny import resolve_model
 from gen.config import GenConfig
 from gen.pipeline import Params, TaskAdapter, load_pipeline, speed_up
-
-
-def batched(items: Iterable[dict], n: int) -> Iterator[list[dict]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, n)):
-        yield batch
+from pool.executor import Feed
 
 
 def image_name(key: str, seed: int) -> str:
@@ -72,9 +66,11 @@ class GenStage:
         self.images_dir = Path(config.output_dir) / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
 
-    def process(self, feed: Iterable[dict]) -> Iterator[dict]:
-        for batch in batched(feed, self.batch_size):
-            rows, call_failed = self._run(list(batch))
+    def process(self, feed: Feed) -> Iterator[dict]:
+        # take() hands over what is there (at least one): a last, short batch runs at once
+        # instead of waiting for samples that will never come.
+        while batch := feed.take(self.batch_size):
+            rows, call_failed = self._run(batch)
             if call_failed and len(batch) > 1:
                 rows = [self._run([sample])[0][0] for sample in batch]  # isolate the sample at fault
             yield from rows

@@ -6,6 +6,9 @@ row per item; it never sees queues or other workers.
 
 Protocol: a worker loads its stage, says `ready`, then asks for work (`want`, n items); the
 parent answers from the queue, so faster devices take more. Each result comes back as a `row`.
+Work starts once every worker has loaded (a replica that loads first would otherwise fill its
+whole window, possibly the whole run, while the others are still loading), and no worker holds
+more than an even share of the work left.
 Each worker talks back over its own pipe: a worker killed mid-write can only break its own
 channel (a shared multiprocessing.Queue would stay locked and hang every other worker).
 A worker that dies is replaced; the items it held are retried (`max_retries` times) and then
@@ -33,6 +36,7 @@ from pool.devices import local_device, process_env
 from pool.progress import Progress
 
 MAX_RESTARTS = 3  # per device slot: a device that keeps dying is given up on
+START_GRACE_S = 300  # after the first worker is ready, wait at most this long for the others
 
 
 class PoolError(RuntimeError):
@@ -167,6 +171,8 @@ class Executor:
         self._next_wid = 0
         self._errors: list[str] = []
         self._ever_ready = False
+        self._first_ready_at: float | None = None
+        self._started = False  # every worker loaded (or the grace period ran out): work flows
         self._last_check = time.monotonic()
         cpu_workers = sum(d == "cpu" for d in self.devices)
         self._envs = [process_env(d, slot, cpu_workers) for slot, d in enumerate(self.devices)]
@@ -218,6 +224,8 @@ class Executor:
             return  # a message from a worker already given up on
         if kind == "ready":
             worker.ready = self._ever_ready = True
+            self._first_ready_at = self._first_ready_at or time.monotonic()
+            self._dispatch()
         elif kind == "want":
             worker.asked += message[2]
             self._dispatch()
@@ -229,9 +237,16 @@ class Executor:
             worker.done = True
 
     def _dispatch(self) -> None:
+        if not self._started:
+            waited = time.monotonic() - (self._first_ready_at or time.monotonic())
+            self._started = all(w.ready for w in self._workers.values()) or waited > START_GRACE_S
+            if not self._started:
+                return
+        outstanding = len(self._queue) + sum(len(w.held) for w in self._workers.values())
+        share = -(-outstanding // max(1, len(self._workers)))  # ceil of an even share of the work left
         for worker in self._workers.values():
-            n = min(worker.asked, len(self._queue))
-            if n == 0:
+            n = min(worker.asked, len(self._queue), share - len(worker.held))
+            if n <= 0:
                 continue
             items = [self._queue.popleft() for _ in range(n)]
             worker.asked -= n
@@ -245,6 +260,7 @@ class Executor:
         self._remaining -= 1
         if self.progress:
             self.progress.row(worker.slot, row.get("status") == "ok")
+        self._dispatch()  # asks held back by the even-share cap are served as work drains
 
     def _fatal(self, worker: _Worker, message: str, trace: str) -> None:
         self._errors.append(f"{worker.device}: {message}")
@@ -254,6 +270,7 @@ class Executor:
         del self._workers[worker.wid]
         if not self._ever_ready and not self._workers:
             raise PoolError(f"no worker could start. {message}\n{trace}")
+        self._dispatch()
 
     def _check_workers(self) -> None:
         self._last_check = time.monotonic()
@@ -264,6 +281,7 @@ class Executor:
                     self._on_death(worker)
         if not self._workers and self._remaining > 0:
             raise PoolError("every worker died; last errors: " + "; ".join(self._errors[-3:]))
+        self._dispatch()  # the start grace period may have run out
 
     def _on_death(self, worker: _Worker) -> None:
         """Retry or fail what a dead worker held, and start a replacement on its device."""
@@ -275,6 +293,7 @@ class Executor:
         if self._restarts[worker.slot] < MAX_RESTARTS:
             self._restarts[worker.slot] += 1
             self._spawn(worker.slot)
+        self._dispatch()
 
     def _requeue_or_fail(self, worker: _Worker, reason: str) -> None:
         for item in list(worker.held.values()):

@@ -49,7 +49,8 @@ class ScoreConfig:
     preprocess_threads: int = _f(8, "image decode/resize threads per replica")
     batch_size: int = _f(4, "transformers backend: requests per generate call")
     kv_cache_gb: int = _f(1, "CPU replicas: KV cache size in GiB")
-    load_format: str = _f("auto", "weights: auto, or dummy for random weights at real size (benchmarks)")
+    load_format: str = _f("auto", "weights: auto (safetensors only, never pickle), or dummy for random weights "
+                                          "at real size (benchmarks)")
     ignore_eos: bool = _f(False, "always generate max_tokens (benchmarks: a fixed output length)")
 
     print_samples: bool = _f(False, "print [Sample N] Score: x | Response: ... lines as they finish")

@@ -32,7 +32,8 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
         mm_processor_kwargs={"max_pixels": config.max_pixels, "min_pixels": config.min_pixels},
         # guidance with no free whitespace: even a random tiny model then emits valid JSON.
         structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
-        load_format=config.load_format,
+        # "auto" would fall back to pickled .bin/.pt weights; we load safetensors only.
+        load_format="safetensors" if config.load_format == "auto" else config.load_format,
         **({"gpu_memory_utilization": config.gpu_memory_utilization} if device == "cuda" else {}),
     )
 

@@ -33,7 +33,7 @@ class TransformersStage:
             with torch.device(device):
                 self.model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
         else:
-            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, use_safetensors=True)
         self.model.to(device).eval()
         self.judges: dict[str, Judge] = {}
         self.prefetch = config.batch_size

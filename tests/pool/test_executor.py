@@ -66,3 +66,25 @@ def test_item_that_always_kills_its_worker_becomes_failed(tmp_path):
 def test_start_failure_is_reported_not_hung(tmp_path):
     with pytest.raises(PoolError, match="cannot load model /no/such/path"):
         run_pool({"dir": str(tmp_path), "fail_start": True}, 3, ["cpu", "cpu"])
+
+
+class GreedyStage(SleepStage):
+    """Asks for a large window at once, like a vLLM replica; the second instance loads slowly."""
+
+    def __init__(self, config: dict, device: str):
+        super().__init__(config, device)
+        self.prefetch = 100
+        try:
+            (Path(config["dir"]) / "first-loaded").touch(exist_ok=False)
+        except FileExistsError:
+            time.sleep(3)
+
+
+def test_a_slow_loading_worker_still_gets_its_share(tmp_path):
+    out: list[dict] = []
+    Executor(f"{__name__}:GreedyStage", {"dir": str(tmp_path), "seconds": 0.05}, ["cpu", "cpu"], on_row=out.append,
+             failed_row=lambda item, reason: {"key": item["key"], "status": "failed"}).run(
+        [{"key": f"k{i}"} for i in range(40)])
+    per_worker = [sum(r["worker"] == w for r in out) for w in (0, 1)]
+    assert sorted(r["key"] for r in out) == sorted(f"k{i}" for i in range(40))
+    assert min(per_worker) >= 8, per_worker  # without the start gate the first loaded takes all 40

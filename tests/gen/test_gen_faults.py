@@ -1,0 +1,178 @@
+"""gen.run under faults and bad inputs: every sample ends with exactly one row, nothing else is lost.
+
+Real processes and files throughout. The only fake is `FaultyStage`, for the two faults that
+cannot be caused on demand with a tiny CPU model: an exception inside the pipeline and a CUDA
+out-of-memory error. It raises them from inside the real pipeline call, so they take the same
+path as the real ones.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from gen.config import GenConfig
+from gen.run import run
+from gen.worker import GenStage
+from helpers import rows, run_cli, start_cli, write_jsonl
+
+T2I = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
+       "--progress", "none"]
+
+
+class FaultyStage(GenStage):
+    """GenStage whose pipeline raises for prompts containing OUT-OF-MEMORY (a CUDA OOM) or RAISE."""
+
+    def __init__(self, config: GenConfig, device: str):
+        super().__init__(config, device)
+        real_call = self.adapter.pipe.__call__
+
+        def call(*args, **kwargs):
+            prompts = kwargs["prompt"]
+            if any("OUT-OF-MEMORY" in p for p in prompts):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            if any("RAISE" in p for p in prompts):
+                raise RuntimeError("boom inside the pipeline")
+            return real_call(*args, **kwargs)
+
+        self.adapter.pipe = type("Wrapped", (), {"__call__": staticmethod(call)})()
+
+
+def final_rows(run_dir: Path):
+    frame = rows(run_dir / "manifest").sort_values("attempt")
+    return frame.groupby("key").tail(1).set_index("key")
+
+
+def assert_clean(run_dir: Path, n: int) -> None:
+    """Exactly one final row per sample, every ok image decodes, no temporary files."""
+    final = final_rows(run_dir)
+    assert len(final) == n
+    for path in final[final["status"] == "ok"]["image_path"]:
+        with Image.open(run_dir / path) as image:
+            image.load()
+    assert not list(run_dir.rglob(".*.tmp")) and not list((run_dir / "manifest").glob(".journal-*"))
+    assert not [p for p in (run_dir / "manifest").iterdir() if p.name.startswith(".")]
+
+
+def test_exception_and_oom_in_one_sample_fail_only_that_sample(tmp_path, tiny_models):
+    prompts = [f"a red circle {i}" for i in range(6)]
+    prompts[1] += " OUT-OF-MEMORY"
+    prompts[4] += " RAISE"
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)])
+    config = GenConfig(input=str(src), output_dir=str(tmp_path / "run"), steps=2, height=32, width=32,
+                       true_cfg_scale=1.0, devices="cpu", batch_size=3, progress="none")
+    assert run(config, stage=f"{__name__}:FaultyStage") == 0
+    final = final_rows(tmp_path / "run")
+    assert final.loc["p1", "status"] == "failed" and final.loc["p1", "error"].startswith("OutOfMemoryError: CUDA out")
+    assert final.loc["p4", "status"] == "failed" and "boom inside the pipeline" in final.loc["p4", "error"]
+    # the batch that raised was re-run one by one: its other samples still succeeded
+    assert (final.drop(["p1", "p4"])["status"] == "ok").all()
+    assert_clean(tmp_path / "run", 6)
+    config.fail_on_error = True
+    config.retry_failed = True
+    assert run(config, stage=f"{__name__}:FaultyStage") == 1  # they fail again; --fail-on-error says so
+
+
+def _workers(proc: psutil.Process) -> list[psutil.Process]:
+    """The run's device workers: spawned children that lead their own process group."""
+    return [c for c in proc.children() if os.getpgid(c.pid) == c.pid]
+
+
+def test_sigkill_of_one_worker_mid_run_loses_nothing(prompts16, tmp_path, tiny_models):
+    out = tmp_path / "run"
+    # 64px and 4 steps: slow enough that the kill lands while both workers hold samples
+    args = ["--model", "tiny:t2i", "--steps", "4", "--height", "64", "--width", "64", "--true-cfg-scale", "1",
+            "--progress", "none"]
+    proc = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(out), *args, "--devices", "cpu,cpu")
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    while time.time() < deadline and (len(_workers(parent)) < 2 or not list((out / "images").glob("*.png"))):
+        time.sleep(0.05)
+    victim = _workers(parent)[1]
+    victim.send_signal(signal.SIGKILL)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    final = final_rows(out)
+    assert (final["status"] == "ok").all(), final["error"].dropna().tolist()
+    assert_clean(out, 16)
+    assert "16 ok, 0 failed of 16" in output
+
+
+def test_stale_lock_from_a_killed_run_is_taken_over(prompts16, tmp_path, tiny_models):
+    out = tmp_path / "run"
+    proc = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(out), *T2I, "--devices", "cpu")
+    deadline = time.time() + 120
+    while not (out / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / ".lock").exists()  # the file stays; the kernel released the lock with the process
+    proc = run_cli("gen.run", "--input", str(prompts16), "--output-dir", str(out), *T2I, "--devices", "cpu")
+    assert "16 ok, 0 failed of 16" in proc.stdout
+
+
+def test_bad_prompts_and_ids_become_rows_not_crashes(tmp_path, tiny_models):
+    csv = tmp_path / "in.csv"
+    csv.write_bytes(
+        b'id,prompt,category\n'
+        b'a/b,"a ""quoted"" red circle, with a comma",shapes\n'
+        b'../up,"a prompt\nover two lines",shapes\n'
+        b'caf\xe9,not utf-8 \xff bytes,shapes\n'
+        b'nul\x00id,an empty one next,shapes\n'
+        b'empty,,shapes\n'
+        b'long,' + b"very long prompt " * 600 + b',shapes\n'
+    )
+    before = {p: p.stat().st_mtime for p in tmp_path.rglob("*")}
+    proc = run_cli("gen.run", "--input", str(csv), "--output-dir", str(tmp_path / "run"), *T2I, "--devices", "cpu",
+                   check=False)
+    assert proc.returncode == 0, proc.stderr
+    final = final_rows(tmp_path / "run")
+    by_id = final.set_index("sample_id")
+    assert set(by_id.index) == {"a/b", "../up", "caf\ufffd", "nul\x00id", "empty", "long"}
+    assert by_id.loc["empty", "status"] == "failed" and by_id.loc["empty", "error"] == "ValueError: empty prompt"
+    assert by_id.loc["a/b", "prompt"] == 'a "quoted" red circle, with a comma'
+    assert by_id.loc["../up", "prompt"] == "a prompt\nover two lines"
+    assert (by_id.drop("empty")["status"] == "ok").all()  # the long prompt is truncated by the tokenizer
+    images = sorted(p.name for p in (tmp_path / "run" / "images").iterdir())
+    assert len(images) == 5 and all("/" not in n and not n.startswith(".") for n in images)
+    assert_clean(tmp_path / "run", 6)
+    after = {p: p.stat().st_mtime for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "run")}
+    assert after == {p: t for p, t in before.items()}  # nothing written outside the run folder
+
+
+def test_duplicate_ids_are_a_clear_error(tmp_path, tiny_models):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "prompt": "a"}, {"id": "x", "prompt": "b"}])
+    proc = run_cli("gen.run", "--input", str(src), "--output-dir", str(tmp_path / "run"), *T2I, check=False)
+    assert proc.returncode == 2 and "duplicate" in proc.stderr and "'x'" in proc.stderr
+    assert not (tmp_path / "run" / "manifest").exists()
+
+
+def test_pickled_weights_are_refused(tmp_path, tiny_models):
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(tiny_models["t2i"], model)
+    for weights in model.glob("transformer/*.safetensors"):
+        torch.save(load_file(weights), weights.with_name("diffusion_pytorch_model.bin"))
+        weights.unlink()
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "prompt": "a red circle"}])
+    proc = run_cli("gen.run", "--input", str(src), "--output-dir", str(tmp_path / "run"), *T2I, "--model",
+                   str(model), "--devices", "cpu", check=False)
+    assert proc.returncode == 2 and "safetensors" in proc.stderr.lower(), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value, message", [("../outside.png", "leaves"), ("/etc/hostname", "leaves")])
+def test_image_paths_stay_under_the_given_folders(tmp_path, tiny_models, value, message):
+    (tmp_path / "data").mkdir()
+    src = write_jsonl(tmp_path / "data" / "in.jsonl", [{"id": "x", "image": value, "instruction": "make it blue"}])
+    proc = run_cli("gen.run", "--task", "edit", "--model", "tiny:edit", "--input", str(src), "--image-root",
+                   str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), "--progress", "none", check=False)
+    assert proc.returncode == 2 and message in proc.stderr and value in proc.stderr

@@ -1,0 +1,99 @@
+"""score.run under faults and bad inputs, with the real vLLM engine (CPU) and the tiny Qwen3-VL."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+from helpers import rows, run_cli, shape_image, start_cli, write_jsonl
+
+VLLM = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
+        "--enforce-eager", "--max-pixels", "16384", "--progress", "none"]
+
+
+def final_rows(folder: Path):
+    frame = rows(folder / "manifest").sort_values("attempt")
+    return frame.groupby("key").tail(1).set_index("key")
+
+
+def bad_images(folder: Path) -> dict[str, str]:
+    """One file per kind of awkward input; the value is the expected status."""
+    folder.mkdir()
+    shape_image(folder / "plain.png", (200, 30, 30))
+    Image.new("CMYK", (48, 48), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray((np.arange(48 * 48).reshape(48, 48) * 20).astype(np.uint16)).save(folder / "grey16.png")
+    alpha = np.zeros((48, 48, 4), np.uint8)
+    alpha[..., 2], alpha[:24, :, 3] = 255, 255
+    Image.fromarray(alpha).save(folder / "alpha.png")
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(folder / "tiny.png")
+    Image.new("RGB", (10000, 10000), (30, 120, 30)).save(folder / "huge.png")  # capped by --max-pixels
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "truncated.png").write_bytes((folder / "plain.png").read_bytes()[:60])
+    (folder / "text.png").write_text("this is not an image")
+    return {"plain": "ok", "cmyk": "ok", "grey16": "ok", "alpha": "ok", "tiny": "ok", "huge": "ok",
+            "empty": "failed", "truncated": "failed", "text": "failed", "missing": "failed"}
+
+
+def test_bad_images_and_overlong_prompts_become_rows(tmp_path, tiny_models):
+    expected = bad_images(tmp_path / "images")
+    names = {p.stem: p.name for p in (tmp_path / "images").iterdir()}
+    records = [{"id": key, "image": f"images/{names.get(key, key + '.png')}", "prompt": f"a picture {key}"}
+               for key in expected]
+    records.append({"id": "overlong", "image": "images/plain.png", "prompt": "many words " * 3000})
+    src = write_jsonl(tmp_path / "in.jsonl", records)
+    before = {p: p.stat().st_mtime for p in tmp_path.rglob("*")}
+    proc = run_cli("score.run", "--task", "t2i", "--input", str(src), "--output-dir", str(tmp_path / "s"), *VLLM,
+                   "--devices", "cpu")
+    final = final_rows(tmp_path / "s")
+    assert len(final) == len(records)
+    for key, status in expected.items():
+        assert final.loc[key, "status"] == status, (key, final.loc[key, "error"])
+    assert "not found" in final.loc["missing", "error"]
+    assert "UnidentifiedImageError" in final.loc["text", "error"]
+    assert final.loc["truncated", "error"] and final.loc["empty", "error"]
+    assert final.loc["overlong", "status"] == "failed" and "length" in final.loc["overlong", "error"].lower()
+    assert re.search(r"^all\s+11\s+6\s+5\b", proc.stdout, re.M), proc.stdout  # the summary says what happened
+    after = {p: p.stat().st_mtime for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "s")}
+    assert after == before  # nothing written beside the inputs
+
+
+def test_sigkill_of_one_replica_loses_nothing(edit_pairs, tmp_path, tiny_models):
+    out = tmp_path / "s"
+    proc = start_cli("score.run", "--input", str(edit_pairs), "--output-dir", str(out), *VLLM, "--devices",
+                     "cpu,cpu", "--window", "4")
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(p.stat().st_size for p in (out / "manifest").glob(".journal-*")):
+        time.sleep(0.1)
+    replicas = [c for c in parent.children() if os.getpgid(c.pid) == c.pid]
+    assert len(replicas) == 2
+    os.killpg(replicas[1].pid, signal.SIGKILL)  # the replica and its vLLM engine process
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    final = final_rows(out)
+    assert len(final) == 16 and (final["status"] == "ok").all(), final["error"].dropna().tolist()
+    assert not [p for p in (out / "manifest").iterdir() if p.name.startswith(".")]
+
+
+def test_model_code_in_the_folder_is_never_run(tmp_path, tiny_models):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["qwen3vl"], model)
+    marker = tmp_path / "remote-code-ran"
+    (model / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom transformers import Qwen3VLConfig\n")
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.Qwen3VLConfig"}
+    (model / "config.json").write_text(json.dumps(config))
+    good = shape_image(tmp_path / "a.png", (10, 200, 10))
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "image": good.name}])
+    args = [a if a != "tiny:qwen3vl" else str(model) for a in VLLM]
+    proc = run_cli("score.run", "--task", "caption", "--input", str(src), "--output-dir", str(tmp_path / "s"), *args,
+                   "--devices", "cpu", check=False)
+    assert not marker.exists()
+    assert proc.returncode == 0, proc.stderr[-3000:]
