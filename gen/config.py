@@ -53,6 +53,8 @@ class GenConfig:
     force: bool = _f(False, "continue a run folder made with another config")
     fail_on_error: bool = _f(False, "exit 1 if any sample failed")
     max_retries: int = _f(1, "retries of a sample whose worker died")
+    engine: Literal["local", "ray"] = _f("local", "local processes, or ray: a Ray Data actor pool over a cluster")
+    ray_address: str = _f("auto", "Ray cluster to join (--engine ray); local = start a private one here")
     progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
 
 
@@ -60,5 +62,5 @@ class GenConfig:
 RUNTIME_FIELDS = {
     "devices", "gpus", "serial_load", "cpu_offload", "batch_size", "compile", "attention_backend",
     "num_samples", "offset",
-    "output_dir", "retry_failed", "force", "fail_on_error", "max_retries", "progress",
+    "output_dir", "retry_failed", "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address",
 }

@@ -17,7 +17,7 @@ from gen.config import RUNTIME_FIELDS, GenConfig
 from gen.pipeline import check_model
 from gen.worker import failed_row
 from pool.devices import plan_devices
-from pool.executor import Executor, PoolError
+from pool.executor import PoolError, make_executor
 from pool.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,9 @@ def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
     check_model(resolve_model(config.model))
     columns = Columns(config.id_column, config.prompt_column, config.image_column, config.category_column)
     samples = load_samples(config.input, columns, config.num_samples, config.offset, config.image_root)
-    devices = plan_devices(config.devices, config.gpus)
+    # Ray without --devices: every GPU of the cluster, counted there rather than on this machine
+    ray_cluster = config.engine == "ray" and not config.devices
+    devices = None if ray_cluster else plan_devices(config.devices, config.gpus)
     rundir = RunDir(config.output_dir)
     rundir.lock()
     try:
@@ -55,11 +57,12 @@ def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
         writer = ManifestWriter(manifest, GEN_SCHEMA)
         todo = select_todo(samples, latest_status(manifest), config.retry_failed)
         print(f"gen: {len(samples)} samples, {len(samples) - len(todo)} already done, "
-              f"{len(todo)} to run on {', '.join(devices)}", file=sys.stderr)
+              f"{len(todo)} to run on {', '.join(devices or ['every GPU of the Ray cluster'])}", file=sys.stderr)
         progress = Progress(len(todo), config.progress, unit="img")
         if todo:
-            executor = Executor(
-                stage, config, devices, on_row=writer.add,
+            executor = make_executor(
+                config.engine, config.ray_address, ray_batch_size=4 * config.batch_size, gpus_per_worker=1,
+                stage_path=stage, config=config, devices=devices, on_row=writer.add,
                 failed_row=lambda item, reason: failed_row(item, config, reason),
                 max_retries=config.max_retries, serial_load=config.serial_load, progress=progress,
             )

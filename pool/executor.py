@@ -316,3 +316,13 @@ class Executor:
             _kill_group(worker.process.pid)  # stragglers: a stuck worker, its engine processes
         if self.progress:
             self.progress.close()
+
+
+def make_executor(engine: str, ray_address: str, ray_batch_size: int, gpus_per_worker: int, **kwargs):
+    """The local executor, or with `engine="ray"` the Ray Data one, which keeps the same contract."""
+    if engine == "ray":
+        from pool.ray_executor import RayExecutor
+
+        kwargs.pop("serial_load", None)
+        return RayExecutor(address=ray_address, batch_size=ray_batch_size, gpus_per_worker=gpus_per_worker, **kwargs)
+    return Executor(**kwargs)

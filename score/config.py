@@ -59,6 +59,8 @@ class ScoreConfig:
     force: bool = _f(False, "continue a score folder made with another config")
     fail_on_error: bool = _f(False, "exit 1 if any sample failed")
     max_retries: int = _f(1, "retries of a sample whose replica died")
+    engine: Literal["local", "ray"] = _f("local", "local processes, or ray: a Ray Data actor pool over a cluster")
+    ray_address: str = _f("auto", "Ray cluster to join (--engine ray); local = start a private one here")
     progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
 
 
@@ -66,5 +68,5 @@ RUNTIME_FIELDS = {
     "output_dir", "gen_config", "num_samples", "offset", "backend", "replicas", "tp", "gpus", "devices",
     "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
     "preprocess_threads", "batch_size", "kv_cache_gb", "print_samples", "write_txt", "retry_failed",
-    "force", "fail_on_error", "max_retries", "progress",
+    "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address",
 }

