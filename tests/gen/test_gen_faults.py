@@ -60,7 +60,7 @@ def assert_clean(run_dir: Path, n: int) -> None:
     assert not [p for p in (run_dir / "manifest").iterdir() if p.name.startswith(".")]
 
 
-def test_exception_and_oom_in_one_sample_fail_only_that_sample(tmp_path, tiny_models):
+def test_exception_and_oom_in_one_sample_fail_only_that_sample(tmp_path, tiny_models, capsys):
     prompts = [f"a red circle {i}" for i in range(6)]
     prompts[1] += " OUT-OF-MEMORY"
     prompts[4] += " RAISE"
@@ -68,6 +68,7 @@ def test_exception_and_oom_in_one_sample_fail_only_that_sample(tmp_path, tiny_mo
     config = GenConfig(input=str(src), output_dir=str(tmp_path / "run"), steps=2, height=32, width=32,
                        true_cfg_scale=1.0, devices="cpu", batch_size=3, progress="none")
     assert run(config, stage=f"{__name__}:FaultyStage") == 0
+    assert "gen: 4 ok, 2 failed of 6" in capsys.readouterr().out
     final = final_rows(tmp_path / "run")
     assert final.loc["p1", "status"] == "failed" and final.loc["p1", "error"].startswith("OutOfMemoryError: CUDA out")
     assert final.loc["p4", "status"] == "failed" and "boom inside the pipeline" in final.loc["p4", "error"]

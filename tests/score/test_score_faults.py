@@ -79,6 +79,7 @@ def test_sigkill_of_one_replica_loses_nothing(edit_pairs, tmp_path, tiny_models)
     assert proc.returncode == 0, output[-3000:]
     final = final_rows(out)
     assert len(final) == 16 and (final["status"] == "ok").all(), final["error"].dropna().tolist()
+    assert re.search(r"^all\s+16\s+16\s+0\b", output, re.M), output[-3000:]
     assert not [p for p in (out / "manifest").iterdir() if p.name.startswith(".")]
 
 
