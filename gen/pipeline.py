@@ -45,6 +45,7 @@ def check_model(model: str) -> None:
 
 def load_pipeline(model: str, dtype: str, device: str, cpu_offload: bool = False,
                   scheduler: dict | None = None, load_format: str = "auto"):
+    import torch
     from diffusers import DiffusionPipeline
 
     if load_format == "dummy":
