@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +36,20 @@ def start_cli(module: str, *args: str) -> subprocess.Popen:
 
 def rows(folder: Path) -> pd.DataFrame:
     return pd.read_parquet(folder)
+
+
+def final_rows(run_dir: Path) -> pd.DataFrame:
+    """Each sample's latest attempt in a run's manifest, indexed by key."""
+    from data.manifest import latest_rows
+
+    return latest_rows(rows(run_dir / "manifest")).set_index("key")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+    """Poll `condition` until it holds or `timeout` seconds pass (the caller asserts what it needs)."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(interval)
 
 
 def shape_image(path: Path, color: tuple[int, int, int], size: int = 64, shape: str = "circle") -> Path:

@@ -8,7 +8,6 @@ path as the real ones.
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import psutil
@@ -19,7 +18,7 @@ from PIL import Image
 from gen.config import GenConfig
 from gen.run import run
 from gen.worker import GenStage
-from helpers import rows, run_cli, start_cli, write_jsonl
+from helpers import final_rows, run_cli, start_cli, wait_until, write_jsonl
 
 T2I = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
        "--progress", "none"]
@@ -41,11 +40,6 @@ class FaultyStage(GenStage):
             return real_call(*args, **kwargs)
 
         self.adapter.pipe = type("Wrapped", (), {"__call__": staticmethod(call)})()
-
-
-def final_rows(run_dir: Path):
-    frame = rows(run_dir / "manifest").sort_values("attempt")
-    return frame.groupby("key").tail(1).set_index("key")
 
 
 def assert_clean(run_dir: Path, n: int) -> None:
@@ -91,9 +85,7 @@ def test_sigkill_of_one_worker_mid_run_loses_nothing(prompts16, tmp_path, tiny_m
             "--progress", "none"]
     proc = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(out), *args, "--devices", "cpu,cpu")
     parent = psutil.Process(proc.pid)
-    deadline = time.time() + 120
-    while time.time() < deadline and (len(_workers(parent)) < 2 or not list((out / "images").glob("*.png"))):
-        time.sleep(0.05)
+    wait_until(lambda: len(_workers(parent)) >= 2 and any((out / "images").glob("*.png")), timeout=120)
     victim = _workers(parent)[1]
     victim.send_signal(signal.SIGKILL)
     output, _ = proc.communicate(timeout=300)
@@ -107,9 +99,7 @@ def test_sigkill_of_one_worker_mid_run_loses_nothing(prompts16, tmp_path, tiny_m
 def test_stale_lock_from_a_killed_run_is_taken_over(prompts16, tmp_path, tiny_models):
     out = tmp_path / "run"
     proc = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(out), *T2I, "--devices", "cpu")
-    deadline = time.time() + 120
-    while not (out / ".lock").exists() and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until((out / ".lock").exists, timeout=120)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / ".lock").exists()  # the file stays; the kernel released the lock with the process

@@ -2,13 +2,12 @@
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from helpers import rows, run_cli, shape_image, start_cli, write_jsonl
+from helpers import rows, run_cli, shape_image, start_cli, wait_until, write_jsonl
 
 T2I = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
        "--progress", "none"]
@@ -47,9 +46,7 @@ def test_sigkill_then_resume_gives_one_row_per_sample_and_same_images(prompts16,
     gen(prompts16, tmp_path / "clean", "--devices", "cpu")
     run = tmp_path / "killed"
     proc = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *T2I, "--devices", "cpu,cpu")
-    deadline = time.time() + 120
-    while len(list((run / "images").glob("*.png"))) < 4 and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(list((run / "images").glob("*.png"))) >= 4, timeout=120)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(list((run / "images").glob("*.png")))
@@ -159,9 +156,7 @@ def test_batches_match_single_calls_and_sizes(prompts16, tmp_path, tiny_models):
 def test_second_run_on_the_same_folder_is_refused(prompts16, tmp_path, tiny_models):
     run = tmp_path / "run"
     first = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *T2I, "--devices", "cpu")
-    deadline = time.time() + 60
-    while not (run / "run.json").exists() and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until((run / "run.json").exists, timeout=60, interval=0.02)
     second = gen(prompts16, run, "--devices", "cpu", check=False)
     first.wait(timeout=300)
     assert second.returncode == 2 and "is in use by a running genscore run (pid" in second.stderr

@@ -5,22 +5,16 @@ import os
 import re
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 from PIL import Image
 
-from helpers import rows, run_cli, shape_image, start_cli, write_jsonl
+from helpers import final_rows, run_cli, shape_image, start_cli, wait_until, write_jsonl
 
 VLLM = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
         "--enforce-eager", "--max-pixels", "16384", "--progress", "none"]
-
-
-def final_rows(folder: Path):
-    frame = rows(folder / "manifest").sort_values("attempt")
-    return frame.groupby("key").tail(1).set_index("key")
 
 
 def bad_images(folder: Path) -> dict[str, str]:
@@ -69,9 +63,8 @@ def test_sigkill_of_one_replica_loses_nothing(edit_pairs, tmp_path, tiny_models)
     proc = start_cli("score.run", "--input", str(edit_pairs), "--output-dir", str(out), *VLLM, "--devices",
                      "cpu,cpu", "--window", "4")
     parent = psutil.Process(proc.pid)
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(p.stat().st_size for p in (out / "manifest").glob(".journal-*")):
-        time.sleep(0.1)
+    wait_until(lambda: any(p.stat().st_size for p in (out / "manifest").glob(".journal-*")), timeout=240,
+               interval=0.1)
     replicas = [c for c in parent.children() if os.getpgid(c.pid) == c.pid]
     assert len(replicas) == 2
     os.killpg(replicas[1].pid, signal.SIGKILL)  # the replica and its vLLM engine process

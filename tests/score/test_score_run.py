@@ -3,12 +3,11 @@
 import json
 import math
 import signal
-import time
 
 import pyarrow.parquet as pq
 
 from data.manifest import SCORE_SCHEMA
-from helpers import rows, run_cli, shape_image, start_cli, write_jsonl
+from helpers import rows, run_cli, shape_image, start_cli, wait_until, write_jsonl
 
 VLLM = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
         "--enforce-eager", "--max-pixels", "16384", "--progress", "none"]
@@ -74,12 +73,11 @@ def test_killed_scoring_run_resumes_with_one_row_per_sample(tmp_path, tiny_model
     args = [*VLLM, "--input", str(src), "--output-dir", str(out), "--devices", "cpu", "--max-num-seqs", "2",
             "--window", "2"]
     proc = start_cli("score.run", *args)
-    deadline = time.time() + 300
-    while time.time() < deadline:
+    def three_rows_journaled() -> bool:
         journals = list((out / "manifest").glob(".journal-*.jsonl")) if (out / "manifest").exists() else []
-        if journals and journals[0].read_text().count("\n") >= 3:
-            break
-        time.sleep(0.02)
+        return bool(journals) and journals[0].read_text().count("\n") >= 3
+
+    wait_until(three_rows_journaled, timeout=300, interval=0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = sum(j.read_text().count("\n") for j in (out / "manifest").glob(".journal-*.jsonl"))
