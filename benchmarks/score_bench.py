@@ -9,7 +9,11 @@ for raw vLLM) + a ~150-character prompt per request, exactly 64 output tokens (i
          written as results finish); images/s over the span from the first request to the
          last row, plus the wall time including engine start-up.
 - raw:   one LLM.generate call over the same prompts with in-memory images.
+- engine: the same engine fed requests rendered beforehand (all added at once, then stepped to the
+         end): the GPU's ceiling with the front-end taken away; its render time is reported apart.
 - hf:    score.run --backend transformers, batch 4 (what users run today), on --hf-images images.
+Each mode also reports gpu_busy: the mean of nvidia-smi's utilization.gpu (share of time a kernel
+was running) sampled every 200 ms over the measured span; near 100 means the GPU is the limit.
 Prints one JSON line of figures. Needs a GPU (or --device cpu with a tiny --model for a smoke run).
 """
 
@@ -19,8 +23,10 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +83,30 @@ def write_images(folder: Path, n: int, size: int) -> Path:
     return folder / "bench.jsonl"
 
 
+class GpuBusy:
+    """nvidia-smi utilization samples, stamped on arrival, averaged over a span (None without a GPU)."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        try:
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-lms", "200"], stdout=subprocess.PIPE, text=True)
+        except OSError:
+            self.proc = None
+            return
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            values = [float(v) for v in line.split(",") if v.strip()]  # one per GPU: take the busiest
+            if values:
+                self.samples.append((time.time(), max(values)))
+
+    def mean(self, start: float, end: float) -> float | None:
+        inside = [u for t, u in self.samples if start <= t <= end]
+        return round(sum(inside) / len(inside), 1) if inside else None
+
+
 def score_config(model: str, manifest: Path, out: Path, args, **overrides):
     from score.config import ScoreConfig
 
@@ -87,7 +117,7 @@ def score_config(model: str, manifest: Path, out: Path, args, **overrides):
     return ScoreConfig(**values)
 
 
-def run_ours(model: str, manifest: Path, out: Path, args, **overrides) -> dict:
+def run_ours(model: str, manifest: Path, out: Path, args, gpu: GpuBusy, **overrides) -> dict:
     import pandas as pd
 
     from score.run import run
@@ -97,13 +127,22 @@ def run_ours(model: str, manifest: Path, out: Path, args, **overrides) -> dict:
     wall = time.time() - start
     frame = pd.read_parquet(out / "manifest")
     ok = frame[frame["status"] == "ok"]
-    span = (frame["started_at"] + frame["duration_s"]).max() - frame["started_at"].min()
+    frame["ended_at"] = frame["started_at"] + frame["duration_s"]
+    first, last = frame["started_at"].min(), frame["ended_at"].max()
+    span = last - first
+    # per replica: its rows over its own span, and when it began and ended relative to the run
+    replicas = {f"{device} #{worker}": {"images_per_s": round(len(g) / (g["ended_at"].max() - g["started_at"].min()), 1),
+                                        "from_s": round(g["started_at"].min() - first, 1),
+                                        "to_s": round(g["ended_at"].max() - first, 1)}
+                for (device, worker), g in frame.groupby(["device", "worker"])}
     return {"exit": code, "ok": len(ok), "images_per_s": len(frame) / span, "wall_s": wall,
+            "gpu_busy": gpu.mean(first, last), "replicas": replicas,
             "startup_s": wall - span, "prompt_tokens": float(ok["prompt_tokens"].mean()),
             "output_tokens": float(ok["output_tokens"].mean())}
 
 
-def run_raw(model: str, manifest: Path, args) -> dict:
+def raw_engine(model: str, manifest: Path, args):
+    """A bare vLLM engine with our engine settings, the in-memory images, and our prompt."""
     from PIL import Image
     from vllm import LLM, SamplingParams
 
@@ -121,12 +160,34 @@ def run_raw(model: str, manifest: Path, args) -> dict:
     prompt = judge.prepare({"image_path": str(folder / "00000.png")}).requests[0].prompt  # ours, word for word
     params = SamplingParams(max_tokens=64, min_tokens=64, ignore_eos=True, temperature=0.0)
     requests = [{"prompt": prompt, "multi_modal_data": {"image": [im]}} for im in images]
+    return llm, requests, params, startup
+
+
+def run_raw(model: str, manifest: Path, args, gpu: GpuBusy) -> dict:
+    llm, requests, params, startup = raw_engine(model, manifest, args)
     t0 = time.time()
     outputs = llm.generate(requests, params, use_tqdm=False)
     elapsed = time.time() - t0
     llm.llm_engine.engine_core.shutdown()
-    return {"images_per_s": len(outputs) / elapsed, "startup_s": startup,
+    return {"images_per_s": len(outputs) / elapsed, "startup_s": startup, "gpu_busy": gpu.mean(t0, t0 + elapsed),
             "prompt_tokens": sum(len(o.prompt_token_ids) for o in outputs) / len(outputs)}
+
+
+def run_engine_only(model: str, manifest: Path, args, gpu: GpuBusy) -> dict:
+    llm, requests, params, startup = raw_engine(model, manifest, args)
+    engine = llm.llm_engine
+    t0 = time.time()
+    rendered = [engine.renderer.render_cmpl([r])[0] for r in requests]
+    t1 = time.time()
+    for i, engine_input in enumerate(rendered):
+        engine.add_request(str(i), engine_input, params)
+    done = 0
+    while engine.has_unfinished_requests():
+        done += sum(o.finished for o in engine.step())
+    t2 = time.time()
+    engine.engine_core.shutdown()
+    return {"images_per_s": done / (t2 - t1), "render_ms_per_image": 1000 * (t1 - t0) / len(requests),
+            "startup_s": startup, "gpu_busy": gpu.mean(t1, t2)}
 
 
 def main() -> None:
@@ -140,21 +201,27 @@ def main() -> None:
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--modes", default="ours,raw,hf")
     parser.add_argument("--replicas", type=int, default=1, help="ours only: replicas (one GPU each)")
+    parser.add_argument("--replicas-per-gpu", type=int, default=1, help="ours only: replicas sharing each GPU")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="score-bench-"))
     model = args.model or str(build_model_dir(work / "model"))
     manifest = write_images(work / "images", args.images, args.size)
     result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens", "model": args.model or "qwen3-vl-8b-shape"}
     modes = args.modes.split(",")
+    gpu = GpuBusy()
     if "ours" in modes:
         overrides = {"devices": None, "replicas": args.replicas} if args.replicas > 1 else {}
-        result["ours"] = run_ours(model, manifest, work / "ours", args, **overrides)
+        overrides["replicas_per_gpu"] = args.replicas_per_gpu
+        result["ours"] = run_ours(model, manifest, work / "ours", args, gpu, **overrides)
     if "raw" in modes:
-        result["raw_vllm"] = run_raw(model, manifest, args)
+        result["raw_vllm"] = run_raw(model, manifest, args, gpu)
+    if "engine" in modes:
+        result["engine_only"] = run_engine_only(model, manifest, args, gpu)
     if "hf" in modes:
         hf_manifest = manifest.with_name("hf.jsonl")
         hf_manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[: args.hf_images]))
-        result["transformers"] = run_ours(model, hf_manifest, work / "hf", args, backend="transformers", batch_size=4)
+        result["transformers"] = run_ours(model, hf_manifest, work / "hf", args, gpu, backend="transformers",
+                                          batch_size=4)
     if "ours" in result and "raw_vllm" in result:
         result["ours_vs_raw"] = result["ours"]["images_per_s"] / result["raw_vllm"]["images_per_s"]
     if "ours" in result and "transformers" in result:
