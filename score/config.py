@@ -33,6 +33,9 @@ class ScoreConfig:
     backend: Literal["vllm", "transformers"] = _f("vllm", "vllm (fast), or transformers generate (baseline)")
     replicas: int | None = _f(None, "judge replicas (default: visible GPUs / tp)")
     tp: int = _f(1, "tensor-parallel GPUs per replica")
+    replicas_per_gpu: int = _f(1, "replicas sharing each GPU (or --tp group), each with its own front-end "
+                                  "process: more image preprocessing in parallel when the CPU, not the GPU, "
+                                  "is the limit; they split --gpu-memory-utilization")
     gpus: list[int] | None = _f(None, "GPU ids to use (default: every visible GPU)")
     devices: str | None = _f(None, "comma-separated replica devices, e.g. cpu,cpu or cuda:0+1,cuda:2+3")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f("auto", "weights dtype; auto = bf16 on GPU, fp32 on CPU")
@@ -66,6 +69,7 @@ class ScoreConfig:
 
 RUNTIME_FIELDS = {
     "output_dir", "gen_config", "num_samples", "offset", "backend", "replicas", "tp", "gpus", "devices",
+    "replicas_per_gpu",
     "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
     "preprocess_threads", "batch_size", "kv_cache_gb", "print_samples", "write_txt", "retry_failed",
     "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address",

@@ -5,6 +5,8 @@ With no arguments it scores the newest run under runs/ (the demo) with the tiny 
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from pathlib import Path
 
@@ -48,6 +50,24 @@ def identity(config: ScoreConfig) -> dict:
     return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
 
 
+def replica_devices(config: ScoreConfig) -> list[str] | None:
+    """One device string per replica; None lets Ray use every GPU of its cluster."""
+    if config.replicas_per_gpu < 1 or (config.replicas_per_gpu > 1 and config.engine == "ray"):
+        raise ValueError("--replicas-per-gpu takes a number >= 1, and more than 1 only with --engine local")
+    if config.engine == "ray" and not config.devices and not config.gpus:
+        if config.replicas:  # N replicas of tp GPUs each, wherever Ray places them
+            return ["cuda:" + "+".join(map(str, range(config.tp)))] * config.replicas
+        return None
+    devices = plan_devices(config.devices, config.gpus, group_size=config.tp, replicas=config.replicas)
+    return [d for d in devices for _ in range(config.replicas_per_gpu)]
+
+
+def replica_config(config: ScoreConfig) -> ScoreConfig:
+    """What one replica sees: replicas sharing a GPU split its memory share."""
+    share = config.gpu_memory_utilization / config.replicas_per_gpu
+    return dataclasses.replace(config, gpu_memory_utilization=share)
+
+
 def run(config: ScoreConfig) -> int:
     input_path = run_gen_first(config) if config.gen_config else (config.input or str(newest_run()))
     columns = Columns(config.id_column, config.prompt_column, config.source_column, config.category_column,
@@ -60,12 +80,7 @@ def run(config: ScoreConfig) -> int:
     for s in samples:
         s["task"] = task
     out = Path(config.output_dir or default_out)
-    ray_cluster = config.engine == "ray" and not config.devices and not config.gpus
-    if ray_cluster and config.replicas:  # N replicas of tp GPUs each, wherever Ray places them
-        devices = ["cuda:" + "+".join(map(str, range(config.tp)))] * config.replicas
-    else:
-        devices = None if ray_cluster else plan_devices(config.devices, config.gpus, group_size=config.tp,
-                                                        replicas=config.replicas)
+    devices = replica_devices(config)
     rundir = RunDir(out, config_name="score.json")
     rundir.lock()
     try:
@@ -74,18 +89,19 @@ def run(config: ScoreConfig) -> int:
         manifest = out / "manifest"
         writer = ManifestWriter(manifest, SCORE_SCHEMA)
         todo = select_todo(samples, latest_status(manifest), config.retry_failed)
+        where = ", ".join(devices or ["every GPU of the Ray cluster"])
         print(f"score: {len(samples)} samples from {input_path} ({task}, {template.name} v{template.version}), "
-              f"{len(samples) - len(todo)} already done, {len(todo)} to score on {', '.join(devices)}",
-              file=sys.stderr)
+              f"{len(samples) - len(todo)} already done, {len(todo)} to score on {where}", file=sys.stderr)
         progress = Progress(len(todo), config.progress, unit="sample")
         on_row = _row_handler(config, writer)
         failed_judge = Judge(config, template, tokenizer=None)
         try:
             if todo:
                 make_executor(config.engine, config.ray_address, ray_batch_size=config.window or 256,
-                              gpus_per_worker=config.tp, stage_path=STAGES[config.backend], config=config,
-                              devices=devices, on_row=on_row, failed_row=failed_judge.failed,
-                              max_retries=config.max_retries, progress=progress).run(todo)
+                              gpus_per_worker=config.tp, stage_path=STAGES[config.backend],
+                              config=replica_config(config), devices=devices, on_row=on_row,
+                              failed_row=failed_judge.failed, max_retries=config.max_retries, progress=progress,
+                              serial_load=config.replicas_per_gpu > 1).run(todo)
         finally:
             writer.close()
         if progress.slots:

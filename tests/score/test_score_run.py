@@ -1,13 +1,17 @@
 """score.run end to end: the tiny Qwen3-VL in the real vLLM CPU engine, in replica processes."""
 
+import dataclasses
 import json
 import math
 import signal
 
 import pyarrow.parquet as pq
+import pytest
 
 from data.manifest import SCORE_SCHEMA
 from helpers import rows, run_cli, shape_image, start_cli, wait_until, write_jsonl
+from score.config import ScoreConfig
+from score.run import replica_config, replica_devices
 
 VLLM = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
         "--enforce-eager", "--max-pixels", "16384", "--progress", "none"]
@@ -19,7 +23,8 @@ def score(*args, check=True):
 
 def test_edit_scores_on_two_replicas(edit_pairs, tmp_path, tiny_models):
     out = tmp_path / "scores"
-    proc = score("--input", str(edit_pairs), "--output-dir", str(out), "--replicas", "2", "--devices", "cpu",
+    # two replicas sharing one device: loaded one after the other, then scoring side by side
+    proc = score("--input", str(edit_pairs), "--output-dir", str(out), "--devices", "cpu", "--replicas-per-gpu", "2",
                  "--print-samples")
     frame = rows(out / "manifest")
     assert len(frame) == 16 and (frame["status"] == "ok").all(), frame["error"].tolist()
@@ -36,6 +41,18 @@ def test_edit_scores_on_two_replicas(edit_pairs, tmp_path, tiny_models):
     assert proc.stdout.count("[Sample ") == 16 and "| Response: " in proc.stdout
     for category in ("physical", "environment", "social", "causal", "referential"):
         assert category in proc.stdout  # per-category summary
+
+
+def test_replica_devices_and_their_memory_share():
+    assert replica_devices(ScoreConfig(devices="cpu", replicas=2)) == ["cpu", "cpu"]
+    shared = ScoreConfig(devices="cuda:0,cuda:1+2", replicas_per_gpu=2, gpu_memory_utilization=0.9)
+    assert replica_devices(shared) == ["cuda:0", "cuda:0", "cuda:1+2", "cuda:1+2"]
+    assert replica_config(shared).gpu_memory_utilization == pytest.approx(0.45)
+    assert replica_config(ScoreConfig()).gpu_memory_utilization == pytest.approx(0.9)
+    assert replica_devices(ScoreConfig(engine="ray")) is None  # Ray: every GPU of the cluster
+    for bad in (dataclasses.replace(shared, replicas_per_gpu=0), dataclasses.replace(shared, engine="ray")):
+        with pytest.raises(ValueError, match="--replicas-per-gpu"):
+            replica_devices(bad)
 
 
 def test_caption_image_folder_and_layout_with_txt(tmp_path, tiny_models):
