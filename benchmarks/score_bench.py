@@ -204,7 +204,9 @@ def main() -> None:
     parser.add_argument("--replicas-per-gpu", type=int, default=1, help="ours only: replicas sharing each GPU")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="score-bench-"))
-    model = args.model or str(build_model_dir(work / "model"))
+    # A fixed folder, not a temporary one: vLLM's compile cache is keyed by the model path, so a
+    # second run then measures a warm start, as a user's second run on the same model would.
+    model = args.model or str(build_model_dir(Path.home() / ".cache" / "genscore-bench" / "qwen3-vl-8b-shape"))
     manifest = write_images(work / "images", args.images, args.size)
     result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens", "model": args.model or "qwen3-vl-8b-shape"}
     modes = args.modes.split(",")
