@@ -106,6 +106,11 @@ class GpuBusy:
         inside = [u for t, u in self.samples if start <= t <= end]
         return round(sum(inside) / len(inside), 1) if inside else None
 
+    def close(self) -> None:
+        if self.proc:
+            self.proc.terminate()  # `nvidia-smi -lms` runs until stopped, past our own exit
+            self.proc.wait()
+
 
 def score_config(model: str, manifest: Path, out: Path, args, **overrides):
     from score.config import ScoreConfig
@@ -131,10 +136,11 @@ def run_ours(model: str, manifest: Path, out: Path, args, gpu: GpuBusy, **overri
     first, last = frame["started_at"].min(), frame["ended_at"].max()
     span = last - first
     # per replica: its rows over its own span, and when it began and ended relative to the run
-    replicas = {f"{device} #{worker}": {"images_per_s": round(len(g) / (g["ended_at"].max() - g["started_at"].min()), 1),
-                                        "from_s": round(g["started_at"].min() - first, 1),
-                                        "to_s": round(g["ended_at"].max() - first, 1)}
-                for (device, worker), g in frame.groupby(["device", "worker"])}
+    replicas = {}
+    for (device, worker), rows in frame.groupby(["device", "worker"]):
+        begin, end = rows["started_at"].min(), rows["ended_at"].max()
+        replicas[f"{device} #{worker}"] = {"images_per_s": round(len(rows) / (end - begin), 1),
+                                           "from_s": round(begin - first, 1), "to_s": round(end - first, 1)}
     return {"exit": code, "ok": len(ok), "images_per_s": len(frame) / span, "wall_s": wall,
             "gpu_busy": gpu.mean(first, last), "replicas": replicas,
             "startup_s": wall - span, "prompt_tokens": float(ok["prompt_tokens"].mean()),
@@ -211,6 +217,15 @@ def main() -> None:
     result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens", "model": args.model or "qwen3-vl-8b-shape"}
     modes = args.modes.split(",")
     gpu = GpuBusy()
+    try:
+        run_modes(modes, model, manifest, work, args, gpu, result)
+    finally:
+        gpu.close()
+    print(json.dumps(result), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def run_modes(modes: list[str], model: str, manifest: Path, work: Path, args, gpu: GpuBusy, result: dict) -> None:
     if "ours" in modes:
         overrides = {"devices": None, "replicas": args.replicas} if args.replicas > 1 else {}
         overrides["replicas_per_gpu"] = args.replicas_per_gpu
@@ -228,8 +243,6 @@ def main() -> None:
         result["ours_vs_raw"] = result["ours"]["images_per_s"] / result["raw_vllm"]["images_per_s"]
     if "ours" in result and "transformers" in result:
         result["ours_vs_transformers"] = result["ours"]["images_per_s"] / result["transformers"]["images_per_s"]
-    print(json.dumps(result), flush=True)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ With no arguments it scores the newest run under runs/ (the demo) with the tiny 
 from __future__ import annotations
 
 import dataclasses
-
 import sys
 from pathlib import Path
 

@@ -90,6 +90,7 @@ def test_killed_scoring_run_resumes_with_one_row_per_sample(tmp_path, tiny_model
     args = [*VLLM, "--input", str(src), "--output-dir", str(out), "--devices", "cpu", "--max-num-seqs", "2",
             "--window", "2"]
     proc = start_cli("score.run", *args)
+
     def three_rows_journaled() -> bool:
         journals = list((out / "manifest").glob(".journal-*.jsonl")) if (out / "manifest").exists() else []
         return bool(journals) and journals[0].read_text().count("\n") >= 3
