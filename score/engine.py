@@ -29,7 +29,8 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
         model=resolve_model(config.model), dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
         **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}), enforce_eager=config.enforce_eager, seed=0,
         limit_mm_per_prompt={"image": 2, "video": 0},
-        mm_processor_kwargs={"max_pixels": config.max_pixels, "min_pixels": config.min_pixels},
+        # `size`, not min/max_pixels: transformers drops those as call kwargs in 5.23.
+        mm_processor_kwargs={"size": {"longest_edge": config.max_pixels, "shortest_edge": config.min_pixels}},
         # guidance with no free whitespace: even a random tiny model then emits valid JSON.
         structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
         # "auto" would fall back to pickled .bin/.pt weights; we load safetensors only.
