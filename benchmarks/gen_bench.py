@@ -11,7 +11,8 @@ Modes (each `gen.run` mode is a fresh worker process writing PNGs and manifest s
 - eager:   gen.run --compile off (the same work as bare: the overhead of our stage)
 - default: gen.run as shipped (regional torch.compile of the transformer blocks on GPUs)
 - cudnn:   default + --attention-backend _native_cudnn
-- fbcache: default + --cache-threshold 0.05 (first-block cache: lossy)
+- fbcache: --cache-threshold 0.05 (first-block cache, which turns compile off: lossy)
+- fp8:     default + --quantize fp8 (float8 linear layers, torchao: lossy)
 Each mode runs --images + 1 images; the first is the warm-up (compile, autotune) and is reported
 apart as time to first image. Seconds per image are the mean over the others. Outputs of every
 mode are compared with eager's (same seeds): max and mean absolute pixel difference.
@@ -52,6 +53,7 @@ MODES = {
     "default": {},
     "cudnn": {"attention_backend": "_native_cudnn"},
     "fbcache": {"cache_threshold": 0.05},
+    "fp8": {"quantize": "fp8"},
 }
 
 

@@ -48,6 +48,9 @@ def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
     # Ray without --devices: every GPU of the cluster, counted there rather than on this machine
     ray_cluster = config.engine == "ray" and not config.devices
     devices = None if ray_cluster else plan_devices(config.devices, config.gpus)
+    if config.quantize == "fp8" and any(not d.startswith("cuda") for d in devices or []):
+        raise ValueError(f"--quantize fp8 runs on GPUs only (float8 matmuls need compute capability 8.9+, "
+                         f"e.g. H100), not on {', '.join(devices)}")
     rundir = RunDir(config.output_dir)
     rundir.lock()
     try:

@@ -54,7 +54,8 @@ class GenStage:
         self.config, self.device = config, device
         self.pipe = load_pipeline(resolve_model(config.model), config.dtype, device, config.cpu_offload,
                                   config.scheduler, config.load_format)
-        speed_up(self.pipe, config.compile, config.attention_backend, config.cache_threshold, device)
+        speed_up(self.pipe, config.compile, config.attention_backend, config.cache_threshold, device,
+                 config.quantize)
         self.adapter = TaskAdapter(self.pipe, config.task)
         self.batch_size = min(config.batch_size, self.adapter.max_batch or config.batch_size)
         self.prefetch = 2 * self.batch_size

@@ -175,3 +175,11 @@ def test_pickle_inputs_are_refused(tmp_path, tiny_models):
     src.write_bytes(pickle.dumps([{"id": "x", "prompt": "a"}]))
     proc = run_cli("gen.run", "--input", str(src), "--output-dir", str(tmp_path / "run"), *T2I, check=False)
     assert proc.returncode == 2 and "unsupported input format '.pkl'" in proc.stderr
+
+
+def test_fp8_on_a_cpu_is_refused_before_any_work(tmp_path, tiny_models):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "x", "prompt": "a red circle"}])
+    proc = run_cli("gen.run", "--input", str(src), "--output-dir", str(tmp_path / "run"), *T2I, "--devices",
+                   "cpu,cpu", "--quantize", "fp8", check=False)
+    assert proc.returncode == 2 and "--quantize fp8 runs on GPUs only" in proc.stderr and "cpu, cpu" in proc.stderr
+    assert not (tmp_path / "run" / "manifest").exists()
