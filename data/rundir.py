@@ -64,11 +64,12 @@ class RunDir:
             self._lock_file.close()
             self._lock_file = None
 
-    def check_config(self, identity: dict, force: bool) -> None:
-        """Refuse to mix outputs of different configs in one folder, unless `force`."""
+    def check_config(self, identity: dict, force: bool, defaults: dict | None = None) -> None:
+        """Refuse to mix outputs of different configs in one folder, unless `force`. A setting the
+        saved run does not name (added in a later version) counts as its default there."""
         if not self.config_path.exists() or force:
             return
-        saved = json.loads(self.config_path.read_text()).get("identity", {})
+        saved = {**(defaults or {}), **json.loads(self.config_path.read_text()).get("identity", {})}
         changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
         if changed:
             lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))

@@ -54,7 +54,7 @@ def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
     rundir = RunDir(config.output_dir)
     rundir.lock()
     try:
-        rundir.check_config(identity(config), config.force)
+        rundir.check_config(identity(config), config.force, identity(GenConfig()))
         rundir.save_config(to_dict(config), identity(config))
         manifest = Path(config.output_dir) / "manifest"
         writer = ManifestWriter(manifest, GEN_SCHEMA)

@@ -83,7 +83,7 @@ def run(config: ScoreConfig) -> int:
     rundir = RunDir(out, config_name="score.json")
     rundir.lock()
     try:
-        rundir.check_config(identity(config), config.force)
+        rundir.check_config(identity(config), config.force, identity(ScoreConfig()))
         rundir.save_config(to_dict(config), identity(config))
         manifest = out / "manifest"
         writer = ManifestWriter(manifest, SCORE_SCHEMA)

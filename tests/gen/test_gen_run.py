@@ -81,6 +81,17 @@ def test_changed_config_is_refused_unless_forced(prompts16, tmp_path, tiny_model
     gen(prompts16, tmp_path / "run", "--devices", "cpu", "--num-samples", "2", "--steps", "3", "--force")
 
 
+def test_a_run_from_before_a_new_setting_resumes(prompts16, tmp_path, tiny_models):
+    gen(prompts16, tmp_path / "run", "--devices", "cpu", "--num-samples", "2")
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    del saved["identity"]["quantize"]  # as written by a genscore that had no --quantize yet
+    (tmp_path / "run" / "run.json").write_text(json.dumps(saved))
+    proc = gen(prompts16, tmp_path / "run", "--devices", "cpu", "--num-samples", "3", "--steps", "3", check=False)
+    assert proc.returncode == 2 and "steps: 2 -> 3" in proc.stderr and "quantize" not in proc.stderr
+    proc = gen(prompts16, tmp_path / "run", "--devices", "cpu", "--num-samples", "3")
+    assert "2 already done, 1 to run" in proc.stderr
+
+
 def test_edit_with_missing_and_corrupt_sources(tmp_path, tiny_models):
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     records = [
