@@ -37,8 +37,8 @@ class GenConfig:
         None, "first-block cache: skip the other blocks while the first block's output changes less "
               "than this (lossy; e.g. 0.05; turns --compile auto off). Default off")
     quantize: Literal["none", "fp8"] = _f(
-        "none", "fp8 = the transformer's linear layers in float8 with per-row scales (torchao; lossy; "
-                "GPUs of compute capability 8.9+, e.g. H100). Default none")
+        "none", "fp8 = the image-stream linear layers of the transformer's blocks in float8 with per-row "
+                "scales (torchao; lossy; GPUs of compute capability 8.9+, e.g. H100). Default none")
     load_format: Literal["auto", "dummy"] = _f("auto", "weights: auto, or dummy = random weights built "
                                                        "from the folder's configs (benchmarks at real size)")
 

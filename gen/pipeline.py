@@ -155,7 +155,8 @@ def quantize_fp8(denoiser) -> None:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError as exc:
         raise ImportError("--quantize fp8 needs torchao: pip install 'genscore[fp8]'") from exc
-    quantize_(denoiser, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_filter(denoiser))
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    quantize_(denoiser, config, filter_fn=fp8_filter(denoiser))
 
 
 @dataclass
