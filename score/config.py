@@ -49,7 +49,10 @@ class ScoreConfig:
     max_tokens: int = _f(512, "output tokens per answer")
     temperature: float = _f(0.0, "sampling temperature (0 = greedy)")
     window: int | None = _f(None, "samples in flight per replica (default: 2 x max_num_seqs, or 1024)")
-    preprocess_threads: int = _f(8, "image decode/resize threads per replica")
+    preprocess_threads: int = _f(8, "image decode and render threads per replica")
+    mm_processor_cache_gb: float = _f(0, "vLLM's cache of processed images, GiB. 0 (default): the preprocess "
+                                         "threads render in parallel; > 0 reuses a repeated image's features "
+                                         "but renders on one thread (the cache is not thread-safe)")
     batch_size: int = _f(4, "transformers backend: requests per generate call")
     kv_cache_gb: int = _f(1, "CPU replicas: KV cache size in GiB")
     load_format: str = _f("auto", "weights: auto (safetensors only, never pickle), or dummy for random weights "

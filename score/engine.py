@@ -10,6 +10,7 @@ inline it stalls the loop that feeds the GPU for several milliseconds per image.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -28,7 +29,7 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
     return dict(
         model=resolve_model(config.model), dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
         **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}), enforce_eager=config.enforce_eager, seed=0,
-        limit_mm_per_prompt={"image": 2, "video": 0},
+        limit_mm_per_prompt={"image": 2, "video": 0}, mm_processor_cache_gb=config.mm_processor_cache_gb,
         # `size`, not min/max_pixels: transformers drops those as call kwargs in 5.23.
         mm_processor_kwargs={"size": {"longest_edge": config.max_pixels, "shortest_edge": config.min_pixels}},
         # guidance with no free whitespace: even a random tiny model then emits valid JSON.
@@ -55,7 +56,11 @@ class VLLMStage:
         self.window = config.window or 2 * (config.max_num_seqs or 512)
         self.prefetch = self.window
         self.threads = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="decode")
-        self.render_lock = threading.Lock()  # the HF processor and its cache are not thread-safe
+        # vLLM's processor cache is not thread-safe, and mirrors the engine's: with it on, one render
+        # at a time, queued in render order. Without it the threads render side by side, as vLLM's
+        # own API server does with --renderer-num-workers.
+        cached = config.mm_processor_cache_gb > 0
+        self.render_lock = threading.Lock() if cached else contextlib.nullcontext()
         self.ready: queue.SimpleQueue[Prepared] = queue.SimpleQueue()  # rendered, in render order
 
     def close(self) -> None:
@@ -132,8 +137,6 @@ class VLLMStage:
         except Exception as exc:  # noqa: BLE001 - e.g. a bad template: the sample must still come back
             prepared = Prepared(item, error=f"{type(exc).__name__}: {exc}")
         prompts = [{"prompt": r.prompt, "multi_modal_data": {"image": r.images}} for r in prepared.requests]
-        # One at a time, and queued in the order rendered: the processor's cache of image features
-        # mirrors the engine's, so requests must reach the engine in the order they were rendered.
         with self.render_lock:
             if not prepared.error:
                 try:

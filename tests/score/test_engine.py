@@ -46,3 +46,31 @@ def test_vllm_answers_follow_the_schema(tiny_models, tmp_path):
         assert set(sc) == set(schema["properties"]) and 0 <= sc["prompt_alignment"] <= 10
         assert row["prompt_tokens"] > 2 * 4  # two requests, each with image tokens
         assert 0 <= row["overall"] <= 10
+
+
+def _shapes(folder, n: int) -> list[dict]:
+    """Images of n different sizes: each sample's prompt length then tells whose image it got."""
+    items = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (32 + 32 * i, 32), (20 * i, 90, 200)).save(path)
+        items.append({"key": f"k{i}", "index": i, "sample_id": f"k{i}", "task": "caption", "prompt": None,
+                      "image_path": str(path), "attempt": 1})
+    return items
+
+
+def test_parallel_rendering_gives_each_sample_its_own_answers(tiny_models, tmp_path):
+    # cache off (the default): 4 threads render side by side; cache on: one at a time, in order
+    results = {}
+    for cache_gb in (0, 1):
+        config = ScoreConfig(model=str(tiny_models["qwen3vl"]), max_model_len=2048, max_num_seqs=4, max_tokens=48,
+                             enforce_eager=True, preprocess_threads=4, mm_processor_cache_gb=cache_gb)
+        stage = VLLMStage(config, "cpu")
+        try:
+            rows = list(stage.process(_Feed(_shapes(tmp_path, 10))))
+        finally:
+            stage.close()
+        assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+        results[cache_gb] = {r["key"]: (r["prompt_tokens"], r["raw_response"]) for r in rows}
+    assert results[0] == results[1]
+    assert len({tokens for tokens, _ in results[0].values()}) == 10  # every image a different length
