@@ -117,7 +117,8 @@ def score_config(model: str, manifest: Path, out: Path, args, **overrides):
 
     values = dict(task="caption", prompt=PROMPT, model=model, input=str(manifest), output_dir=str(out),
                   max_tokens=64, ignore_eos=True, load_format=args.load_format, max_model_len=4096,
-                  max_num_seqs=args.max_num_seqs, devices=args.device, progress="none", max_pixels=args.size ** 2)
+                  max_num_seqs=args.max_num_seqs, devices=args.device, progress="none", max_pixels=args.size ** 2,
+                  mm_processor_cache_gb=args.mm_processor_cache_gb)
     values.update(overrides)
     return ScoreConfig(**values)
 
@@ -159,8 +160,11 @@ def raw_engine(model: str, manifest: Path, args):
     folder = manifest.parent
     images = [Image.open(folder / json.loads(line)["image"]).convert("RGB") for line in manifest.read_text().splitlines()]
     config = score_config(model, manifest, folder, args)
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    if device == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))  # as our replica does
     start = time.time()
-    llm = LLM(**engine_args(config, "cuda" if args.device.startswith("cuda") else "cpu", 1))
+    llm = LLM(**engine_args(config, device, 1))
     startup = time.time() - start
     judge = Judge(config, caption_template(PROMPT), llm.get_tokenizer())
     prompt = judge.prepare({"image_path": str(folder / "00000.png")}).requests[0].prompt  # ours, word for word
@@ -202,6 +206,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--hf-images", type=int, default=32)
     parser.add_argument("--max-num-seqs", type=int, default=None, help="default: vLLM's (1024 on an H100)")
+    parser.add_argument("--mm-processor-cache-gb", type=float, default=0,
+                        help="score.run's flag, also given to raw and engine (>0: one rendering thread in ours)")
     parser.add_argument("--model", default=None, help="model folder (default: Qwen3-VL-8B shape, dummy weights)")
     parser.add_argument("--load-format", default="dummy")
     parser.add_argument("--device", default="cuda:0")
