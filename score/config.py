@@ -74,6 +74,6 @@ RUNTIME_FIELDS = {
     "output_dir", "gen_config", "num_samples", "offset", "backend", "replicas", "tp", "gpus", "devices",
     "replicas_per_gpu",
     "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
-    "preprocess_threads", "mm_processor_cache_gb", "batch_size", "kv_cache_gb", "print_samples", "write_txt", "retry_failed",
-    "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address",
+    "preprocess_threads", "mm_processor_cache_gb", "batch_size", "kv_cache_gb", "print_samples", "write_txt",
+    "retry_failed", "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address",
 }
