@@ -124,11 +124,11 @@ def run_bare(task: str, model: Path, manifest: Path, out: Path, args) -> dict:
     import torch
     from PIL import Image
 
-    from gen.pipeline import dummy_pipeline
+    from gen.pipeline import dummy_pipeline, torch_dtype
 
     start = time.time()
     device = args.device.split(",")[0]
-    pipe = dummy_pipeline(str(model), torch.bfloat16 if device.startswith("cuda") else torch.float32, device)
+    pipe = dummy_pipeline(str(model), torch_dtype("auto", device), device)
     pipe.set_progress_bar_config(disable=True)
     out.mkdir(parents=True, exist_ok=True)
     times = []

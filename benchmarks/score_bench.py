@@ -153,7 +153,7 @@ def raw_engine(model: str, manifest: Path, args):
     from PIL import Image
     from vllm import LLM, SamplingParams
 
-    from score.engine import engine_args
+    from score.engine import engine_args, set_cpu_kv_cache
     from score.judge import Judge
     from score.templates import caption_template
 
@@ -162,7 +162,7 @@ def raw_engine(model: str, manifest: Path, args):
     config = score_config(model, manifest, folder, args)
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     if device == "cpu":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))  # as our replica does
+        set_cpu_kv_cache(config)  # as our replica does
     start = time.time()
     llm = LLM(**engine_args(config, device, 1))
     startup = time.time() - start

@@ -40,10 +40,15 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
     )
 
 
+def set_cpu_kv_cache(config: ScoreConfig) -> None:
+    """vLLM's CPU backend sizes its KV cache from the environment, not from an engine argument."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
+
+
 class VLLMStage:
     def __init__(self, config: ScoreConfig, device: str):
         if device == "cpu":
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
+            set_cpu_kv_cache(config)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress, not vLLM's INFO stream
         from vllm import LLM
 
