@@ -1,0 +1,39 @@
+"""GELU fused into its matmul, on the real tiny Qwen-Image transformer."""
+
+import pytest
+import torch
+from diffusers import QwenImageTransformer2DModel
+from diffusers.models.activations import GELU
+
+from gen.fused_gelu import LinearGELU, fuse_gelu
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="cuBLASLt's GELU epilogue needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_fused_gelu_gives_the_layers_answers(tiny_models, device):
+    def build():
+        torch.manual_seed(0)
+        path = tiny_models["t2i"] / "transformer"
+        return QwenImageTransformer2DModel.from_pretrained(path).to(device).eval()
+    stock, fused = build(), build()
+    assert fuse_gelu(fused) == 2 * len(fused.transformer_blocks)  # the image and the text MLP of each block
+    assert isinstance(fused.transformer_blocks[0].img_mlp.net[0], LinearGELU)
+    assert list(fused.state_dict()) == list(stock.state_dict())
+    config = stock.config
+    generator = torch.Generator().manual_seed(1)
+    inputs = dict(hidden_states=torch.randn(1, 16, config.in_channels, generator=generator).to(device),
+                  encoder_hidden_states=torch.randn(1, 5, config.joint_attention_dim, generator=generator).to(device),
+                  encoder_hidden_states_mask=None, timestep=torch.tensor([0.5], device=device),
+                  img_shapes=[[(1, 4, 4)]], return_dict=False)
+    with torch.no_grad():
+        expected, got = stock(**inputs)[0], fused(**inputs)[0]
+    assert expected.abs().mean() > 0.1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_gelu_is_left_alone():
+    model = torch.nn.Sequential(GELU(4, 8, approximate="none"), GELU(8, 4, approximate="tanh", bias=False))
+    assert fuse_gelu(model) == 0
+    assert all(type(layer) is GELU for layer in model)
