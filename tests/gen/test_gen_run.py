@@ -4,8 +4,10 @@ import json
 import signal
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from helpers import rows, run_cli, shape_image, start_cli, wait_until, write_jsonl
 
@@ -173,3 +175,15 @@ def test_second_run_on_the_same_folder_is_refused(prompts16, tmp_path, tiny_mode
     assert second.returncode == 2 and "is in use by a running genscore run (pid" in second.stderr
     assert first.returncode == 0
     gen(prompts16, run, "--devices", "cpu")  # the lock goes with its holder
+
+
+def test_compiled_blocks_give_the_eager_images(prompts16, tmp_path, tiny_models):
+    # --compile on: regional compile with the compilable RoPE and fused GELU (gen/pipeline.py:speed_up)
+    gen(prompts16, tmp_path / "eager", "--devices", "cpu", "--num-samples", "4", "--compile", "off")
+    gen(prompts16, tmp_path / "compiled", "--devices", "cpu", "--num-samples", "4", "--compile", "on")
+    eager, compiled = (rows(tmp_path / run / "manifest").sort_values("index") for run in ("eager", "compiled"))
+    assert (compiled["status"] == "ok").all() and len(compiled) == 4
+    for a, b in zip(eager["image_path"], compiled["image_path"]):
+        pixels = [np.asarray(Image.open(tmp_path / run / path), dtype=int)
+                  for run, path in (("eager", a), ("compiled", b))]
+        assert np.abs(pixels[0] - pixels[1]).max() <= 2  # float32 on the CPU: rounding, not a different image
