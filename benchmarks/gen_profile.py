@@ -8,7 +8,8 @@ one 1024x1024 sample: 4096 image tokens for t2i, 8192 for edit (the source image
 appended), and the prompt's text tokens (about 100 for t2i, 1400 for edit, where the prompt
 carries the source image through the vision encoder). Each mode is set up by `gen.pipeline.speed_up`
 as `gen.run` would (eager = --compile off); after three warm-up calls, five forwards are timed and
-one is traced with torch.profiler. CUDA kernel time is summed per kind:
+one is traced with torch.profiler (mode stock: diffusers' own `compile_repeated_blocks`, without
+gen.run's attention processor). CUDA kernel time is summed per kind:
 - attention: the fused attention kernels (cuDNN / flash / memory-efficient SDPA),
 - matmul:    cuBLAS / CUTLASS GEMMs (fp8 ones included),
 - other:     everything else (norms, modulation, RoPE, GELU, copies), what compile can shrink.
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gen_bench import MODES  # noqa: E402 - benchmarks/ is the script's own folder
 
 # fbcache is left out: its hook needs the pipeline's per-step cache context, not a bare forward.
-PROFILED = [mode for mode in MODES if mode != "fbcache"]
+# stock: diffusers' own regional compile, its attention processors as shipped (complex RoPE).
+PROFILED = [mode for mode in MODES if mode != "fbcache"] + ["stock"]
 ATTENTION = ("sdpa", "fmha", "flash_fwd", "flash_fprop", "attention_kernel")
 MATMUL = ("gemm", "nvjet", "cutlass", "xmma", "_scaled_mm", "matmul")
 
@@ -57,6 +59,9 @@ def build(task: str, mode: str, device: str, tiny: bool):
     config = QwenImageTransformer2DModel.load_config(tiny_models.ensure(task) / "transformer") if tiny else {}
     with torch.device(device):
         transformer = QwenImageTransformer2DModel.from_config(config).to(torch_dtype("auto", device)).eval()
+    if mode == "stock":
+        transformer.compile_repeated_blocks(fullgraph=True)
+        return transformer
     mode_config = dataclasses.replace(GenConfig(), **MODES[mode])  # gen.run's defaults, then the mode's flags
     speed_up(SimpleNamespace(transformer=transformer), mode_config.compile, mode_config.attention_backend,
              mode_config.cache_threshold, device, mode_config.quantize)
