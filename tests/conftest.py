@@ -16,6 +16,16 @@ def tiny_models() -> dict[str, Path]:
 
 
 @pytest.fixture
+def tiny_transformer(tiny_models):
+    """Builds a fresh copy of the tiny Qwen-Image transformer (the same saved weights every time)."""
+    from diffusers import QwenImageTransformer2DModel
+
+    def build(device: str = "cpu"):
+        return QwenImageTransformer2DModel.from_pretrained(tiny_models["t2i"] / "transformer").to(device).eval()
+    return build
+
+
+@pytest.fixture
 def prompts16(tmp_path: Path) -> Path:
     words = ["red", "green", "blue", "yellow"]
     shapes = ["circle", "square", "star", "heart"]

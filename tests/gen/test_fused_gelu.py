@@ -2,22 +2,16 @@
 
 import pytest
 import torch
-from diffusers import QwenImageTransformer2DModel
 from diffusers.models.activations import GELU
 
 from gen.fused_gelu import LinearGELU, fuse_gelu
-
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="cuBLASLt's GELU epilogue needs a CUDA GPU")
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
-def test_fused_gelu_gives_the_layers_answers(tiny_models, device):
-    def build():
-        torch.manual_seed(0)
-        path = tiny_models["t2i"] / "transformer"
-        return QwenImageTransformer2DModel.from_pretrained(path).to(device).eval()
-    stock, fused = build(), build()
+def test_fused_gelu_gives_the_layers_answers(tiny_transformer, device):
+    stock, fused = tiny_transformer(device), tiny_transformer(device)
     assert fuse_gelu(fused) == 2 * len(fused.transformer_blocks)  # the image and the text MLP of each block
     assert isinstance(fused.transformer_blocks[0].img_mlp.net[0], LinearGELU)
     assert list(fused.state_dict()) == list(stock.state_dict())

@@ -2,16 +2,15 @@
 
 import pytest
 import torch
-from diffusers import QwenImageTransformer2DModel
 
 from gen.fused_gelu import LinearGELU
 from gen.pipeline import fp8_filter, load_pipeline, speed_up
 from gen.qwen_attention import RealRopeAttnProcessor
 
 
-def test_fp8_takes_the_image_stream_of_the_blocks_only(tiny_models):
+def test_fp8_takes_the_image_stream_of_the_blocks_only(tiny_transformer):
     # float8 itself needs an sm89+ GPU; which layers it would take is decided here, on the CPU
-    transformer = QwenImageTransformer2DModel.from_pretrained(tiny_models["t2i"] / "transformer")
+    transformer = tiny_transformer()
     chosen = fp8_filter(transformer)
     linears = {name: m for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
     taken = {name.split(".", 2)[2] for name, m in linears.items() if chosen(m, name)}

@@ -2,17 +2,13 @@
 
 import pytest
 import torch
-from diffusers import QwenImageTransformer2DModel
 
 from gen.qwen_attention import RealRopeAttnProcessor, use_real_rope
 
 
 @pytest.fixture
-def transformers(tiny_models):
-    def build():
-        torch.manual_seed(0)
-        return QwenImageTransformer2DModel.from_pretrained(tiny_models["t2i"] / "transformer").eval()
-    stock, ours = build(), build()
+def transformers(tiny_transformer):
+    stock, ours = tiny_transformer(), tiny_transformer()
     assert use_real_rope(ours)
     return stock, ours
 
