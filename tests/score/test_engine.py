@@ -22,19 +22,23 @@ class _Feed:
         return taken
 
 
+def _shapes(folder, n: int, task: str = "caption", prompt: str | None = None) -> list[dict]:
+    """Samples of n images of different sizes: each sample's prompt length then tells whose image it got."""
+    items = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (32 + 32 * i, 32), (20 * i, 90, 200)).save(path)
+        items.append({"key": f"k{i}", "index": i, "sample_id": f"k{i}", "task": task, "prompt": prompt,
+                      "image_path": str(path), "attempt": 1})
+    return items
+
+
 def test_vllm_answers_follow_the_schema(tiny_models, tmp_path):
-    images = []
-    for i in range(6):
-        path = tmp_path / f"{i}.png"
-        Image.new("RGB", (48 + 16 * i, 64), (40 * i, 100, 200)).save(path)
-        images.append(str(path))
     config = ScoreConfig(model=str(tiny_models["qwen3vl"]), max_model_len=2048, max_num_seqs=4,
                          max_tokens=256, enforce_eager=True, window=3)
     stage = VLLMStage(config, "cpu")
-    items = [{"key": f"k{i}", "index": i, "sample_id": f"k{i}", "task": "t2i", "prompt": "a shape",
-              "image_path": p, "attempt": 1} for i, p in enumerate(images)]
     try:
-        rows = list(stage.process(_Feed(items)))
+        rows = list(stage.process(_Feed(_shapes(tmp_path, 6, task="t2i", prompt="a shape"))))
     finally:
         stage.close()
     assert sorted(r["key"] for r in rows) == [f"k{i}" for i in range(6)]
@@ -46,17 +50,6 @@ def test_vllm_answers_follow_the_schema(tiny_models, tmp_path):
         assert set(sc) == set(schema["properties"]) and 0 <= sc["prompt_alignment"] <= 10
         assert row["prompt_tokens"] > 2 * 4  # two requests, each with image tokens
         assert 0 <= row["overall"] <= 10
-
-
-def _shapes(folder, n: int) -> list[dict]:
-    """Images of n different sizes: each sample's prompt length then tells whose image it got."""
-    items = []
-    for i in range(n):
-        path = folder / f"{i}.png"
-        Image.new("RGB", (32 + 32 * i, 32), (20 * i, 90, 200)).save(path)
-        items.append({"key": f"k{i}", "index": i, "sample_id": f"k{i}", "task": "caption", "prompt": None,
-                      "image_path": str(path), "attempt": 1})
-    return items
 
 
 def test_parallel_rendering_gives_each_sample_its_own_answers(tiny_models, tmp_path):
