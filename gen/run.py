@@ -16,7 +16,7 @@ from data.tiny import resolve_model
 from gen.config import RUNTIME_FIELDS, GenConfig
 from gen.pipeline import check_model
 from gen.worker import failed_row
-from pool.devices import plan_devices
+from pool.devices import plan_devices, require_fp8_gpus
 from pool.executor import PoolError, make_executor
 from pool.progress import Progress
 
@@ -48,9 +48,8 @@ def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
     # Ray without --devices: every GPU of the cluster, counted there rather than on this machine
     ray_cluster = config.engine == "ray" and not config.devices
     devices = None if ray_cluster else plan_devices(config.devices, config.gpus)
-    if config.quantize == "fp8" and any(not d.startswith("cuda") for d in devices or []):
-        raise ValueError(f"--quantize fp8 runs on GPUs only (float8 matmuls need compute capability 8.9+, "
-                         f"e.g. H100), not on {', '.join(devices)}")
+    if config.quantize == "fp8":
+        require_fp8_gpus(devices)
     rundir = RunDir(config.output_dir)
     rundir.lock()
     try:

@@ -47,6 +47,13 @@ def plan_devices(devices: str | None, gpus: list[int] | None, group_size: int = 
     return ["cuda:" + "+".join(str(g) for g in group) for group in groups]
 
 
+def require_fp8_gpus(devices: list[str] | None) -> None:
+    """`--quantize fp8` before any worker starts: float8 matmuls exist on recent GPUs only."""
+    if any(not d.startswith("cuda") for d in devices or []):
+        raise ValueError(f"--quantize fp8 runs on GPUs only (float8 matmuls need compute capability 8.9+, "
+                         f"e.g. H100), not on {', '.join(devices)}")
+
+
 def process_env(device: str, cpu_slot: int, cpu_workers: int) -> dict[str, str]:
     """Environment for a worker process on `device`, set before torch is imported there."""
     if device.startswith("cuda:"):
