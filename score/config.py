@@ -39,6 +39,9 @@ class ScoreConfig:
     gpus: list[int] | None = _f(None, "GPU ids to use (default: every visible GPU)")
     devices: str | None = _f(None, "comma-separated replica devices, e.g. cpu,cpu or cuda:0+1,cuda:2+3")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f("auto", "weights dtype; auto = bf16 on GPU, fp32 on CPU")
+    quantize: Literal["none", "fp8"] = _f(
+        "none", "fp8 = vLLM's dynamic float8 weights and activations for the judge's linear layers (lossy: "
+                "answers may change; GPUs of compute capability 8.9+, e.g. H100). Default none")
     max_pixels: int = _f(1024 * 1024, "image pixel cap: larger images are downscaled before the processor")
     min_pixels: int = _f(32 * 32, "smallest image size in pixels (smaller ones are upscaled)")
     max_model_len: int = _f(8192, "vLLM context length")

@@ -29,6 +29,7 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
     return dict(
         model=resolve_model(config.model), dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
         **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}), enforce_eager=config.enforce_eager, seed=0,
+        **({"quantization": "fp8"} if config.quantize == "fp8" else {}),
         limit_mm_per_prompt={"image": 2, "video": 0}, mm_processor_cache_gb=config.mm_processor_cache_gb,
         # `size`, not min/max_pixels: transformers drops those as call kwargs in 5.23.
         mm_processor_kwargs={"size": {"longest_edge": config.max_pixels, "shortest_edge": config.min_pixels}},

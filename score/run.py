@@ -15,7 +15,7 @@ from data.rundir import RunDir, RunDirError
 from data.sources import Columns, InputError
 from gen.config import GenConfig
 from gen.run import select_todo
-from pool.devices import plan_devices
+from pool.devices import plan_devices, require_fp8_gpus
 from pool.executor import PoolError, make_executor
 from pool.progress import Progress
 from score.config import RUNTIME_FIELDS, ScoreConfig
@@ -61,6 +61,13 @@ def replica_devices(config: ScoreConfig) -> list[str] | None:
     return [d for d in devices for _ in range(config.replicas_per_gpu)]
 
 
+def check_quantize(config: ScoreConfig, devices: list[str] | None) -> None:
+    if config.quantize == "fp8" and config.backend != "vllm":
+        raise ValueError("--quantize fp8 is vLLM's float8 mode: use it with --backend vllm")
+    if config.quantize == "fp8":
+        require_fp8_gpus(devices)
+
+
 def replica_config(config: ScoreConfig) -> ScoreConfig:
     """What one replica sees: replicas sharing a GPU split its memory share."""
     share = config.gpu_memory_utilization / config.replicas_per_gpu
@@ -80,6 +87,7 @@ def run(config: ScoreConfig) -> int:
         s["task"] = task
     out = Path(config.output_dir or default_out)
     devices = replica_devices(config)
+    check_quantize(config, devices)
     rundir = RunDir(out, config_name="score.json")
     rundir.lock()
     try:

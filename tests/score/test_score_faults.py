@@ -91,3 +91,15 @@ def test_model_code_in_the_folder_is_never_run(tmp_path, tiny_models):
                    "--devices", "cpu", check=False)
     assert not marker.exists()
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_fp8_is_refused_before_any_work(tmp_path, tiny_models):
+    good = shape_image(tmp_path / "a.png", (10, 200, 10))
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "image": good.name}])
+    common = ["--task", "caption", "--input", str(src), *VLLM, "--quantize", "fp8"]
+    on_cpus = run_cli("score.run", *common, "--output-dir", str(tmp_path / "s1"), "--devices", "cpu,cpu", check=False)
+    assert on_cpus.returncode == 2 and "--quantize fp8 runs on GPUs only" in on_cpus.stderr
+    assert "cpu, cpu" in on_cpus.stderr
+    hf = run_cli("score.run", *common, "--output-dir", str(tmp_path / "s2"), "--backend", "transformers", check=False)
+    assert hf.returncode == 2 and "use it with --backend vllm" in hf.stderr
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
