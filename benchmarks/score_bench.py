@@ -12,6 +12,8 @@ for raw vLLM) + a ~150-character prompt per request, exactly 64 output tokens (i
 - engine: the same engine fed requests rendered beforehand (all added at once, then stepped to the
          end): the GPU's ceiling with the front-end taken away; its render time is reported apart.
 - hf:    score.run --backend transformers, batch 4 (what users run today), on --hf-images images.
+--quantize fp8 runs every mode with vLLM's float8 weights (lossy); --engine-kwargs '{...}' gives raw and
+engine extra vLLM engine arguments, to try a setting before it becomes a score.run flag.
 Each mode also reports gpu_busy: the mean of nvidia-smi's utilization.gpu (share of time a kernel
 was running) sampled every 200 ms over the measured span; near 100 means the GPU is the limit.
 Prints one JSON line of figures. Needs a GPU (or --device cpu with a tiny --model for a smoke run).
@@ -169,7 +171,7 @@ def raw_engine(model: str, manifest: Path, args):
     if device == "cpu":
         set_cpu_kv_cache(config)  # as our replica does
     start = time.time()
-    llm = LLM(**engine_args(config, device, 1))
+    llm = LLM(**{**engine_args(config, device, 1), **json.loads(args.engine_kwargs)})
     startup = time.time() - start
     judge = Judge(config, caption_template(PROMPT), llm.get_tokenizer())
     prompt = judge.prepare({"image_path": str(folder / "00000.png")}).requests[0].prompt  # ours, word for word
@@ -215,6 +217,9 @@ def main() -> None:
                         help="score.run's flag, also given to raw and engine (>0: one rendering thread in ours)")
     parser.add_argument("--quantize", default="none", choices=["none", "fp8"],
                         help="score.run's flag, also given to raw and engine (fp8: lossy, GPUs only)")
+    parser.add_argument("--engine-kwargs", default="{}",
+                        help="raw and engine modes: extra vLLM engine arguments as JSON, to try a setting before "
+                             "making it a score.run flag, e.g. '{\"max_num_batched_tokens\": 32768}'")
     parser.add_argument("--model", default=None, help="model folder (default: Qwen3-VL-8B shape, dummy weights)")
     parser.add_argument("--load-format", default="dummy")
     parser.add_argument("--device", default="cuda:0")
@@ -227,7 +232,8 @@ def main() -> None:
     # second run then measures a warm start, as a user's second run on the same model would.
     model = args.model or str(build_model_dir(Path.home() / ".cache" / "genscore-bench" / "qwen3-vl-8b-shape"))
     manifest = write_images(work / "images", args.images, args.size)
-    result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens", "model": args.model or "qwen3-vl-8b-shape"}
+    result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens", "model": args.model or "qwen3-vl-8b-shape",
+                    "quantize": args.quantize, "engine_kwargs": json.loads(args.engine_kwargs)}
     modes = args.modes.split(",")
     gpu = GpuBusy()
     try:
