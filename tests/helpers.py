@@ -65,3 +65,14 @@ def shape_image(path: Path, color: tuple[int, int, int], size: int = 64, shape: 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def transformer_inputs(config, device: str = "cpu") -> dict:
+    """One forward's inputs for a Qwen-Image transformer: 8x8 image tokens and a padded 7-token prompt."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    return dict(hidden_states=torch.randn(1, 64, config.in_channels, generator=generator).to(device),
+                encoder_hidden_states=torch.randn(1, 7, config.joint_attention_dim, generator=generator).to(device),
+                encoder_hidden_states_mask=torch.tensor([[1, 1, 1, 1, 1, 0, 0]], device=device),
+                timestep=torch.tensor([0.5], device=device), img_shapes=[[(1, 8, 8)]], return_dict=False)

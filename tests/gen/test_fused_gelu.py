@@ -5,6 +5,7 @@ import torch
 from diffusers.models.activations import GELU
 
 from gen.fused_gelu import LinearGELU, fuse_gelu
+from helpers import transformer_inputs
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="cuBLASLt's GELU epilogue needs a CUDA GPU")
 
@@ -15,12 +16,7 @@ def test_fused_gelu_gives_the_layers_answers(tiny_transformer, device):
     assert fuse_gelu(fused) == 2 * len(fused.transformer_blocks)  # the image and the text MLP of each block
     assert isinstance(fused.transformer_blocks[0].img_mlp.net[0], LinearGELU)
     assert list(fused.state_dict()) == list(stock.state_dict())
-    config = stock.config
-    generator = torch.Generator().manual_seed(1)
-    inputs = dict(hidden_states=torch.randn(1, 16, config.in_channels, generator=generator).to(device),
-                  encoder_hidden_states=torch.randn(1, 5, config.joint_attention_dim, generator=generator).to(device),
-                  encoder_hidden_states_mask=None, timestep=torch.tensor([0.5], device=device),
-                  img_shapes=[[(1, 4, 4)]], return_dict=False)
+    inputs = transformer_inputs(stock.config, device)
     with torch.no_grad():
         expected, got = stock(**inputs)[0], fused(**inputs)[0]
     assert expected.abs().mean() > 0.1

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gen.qwen_attention import RealRopeAttnProcessor, use_real_rope
+from helpers import transformer_inputs
 
 
 @pytest.fixture
@@ -11,14 +12,6 @@ def transformers(tiny_transformer):
     stock, ours = tiny_transformer(), tiny_transformer()
     assert use_real_rope(ours)
     return stock, ours
-
-
-def forward_inputs(config) -> dict:
-    generator = torch.Generator().manual_seed(1)
-    return dict(hidden_states=torch.randn(1, 64, config.in_channels, generator=generator),
-                encoder_hidden_states=torch.randn(1, 7, config.joint_attention_dim, generator=generator),
-                encoder_hidden_states_mask=torch.tensor([[1, 1, 1, 1, 1, 0, 0]]),  # a padded prompt
-                timestep=torch.tensor([0.5]), img_shapes=[[(1, 8, 8)]], return_dict=False)
 
 
 def dtypes_compiled(transformer, inputs: dict) -> set[torch.dtype]:
@@ -41,7 +34,7 @@ def dtypes_compiled(transformer, inputs: dict) -> set[torch.dtype]:
 
 def test_real_rope_gives_diffusers_answers(transformers):
     stock, ours = transformers
-    inputs = forward_inputs(stock.config)
+    inputs = transformer_inputs(stock.config)
     with torch.no_grad():
         expected, got = stock(**inputs)[0], ours(**inputs)[0]
     assert all(isinstance(p, RealRopeAttnProcessor) for p in ours.attn_processors.values())
@@ -51,14 +44,14 @@ def test_real_rope_gives_diffusers_answers(transformers):
 
 def test_real_rope_leaves_no_complex_op_for_the_compiler(transformers):
     stock, ours = transformers
-    inputs = forward_inputs(stock.config)
+    inputs = transformer_inputs(stock.config)
     assert torch.complex64 in dtypes_compiled(stock, inputs)  # what inductor cannot generate code for
     assert not any(dtype.is_complex for dtype in dtypes_compiled(ours, inputs))
 
 
 def test_compiled_real_rope_gives_eager_answers(transformers):
     stock, ours = transformers
-    inputs = forward_inputs(stock.config)
+    inputs = transformer_inputs(stock.config)
     with torch.no_grad():
         expected = stock(**inputs)[0]
         torch._dynamo.reset()
