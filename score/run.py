@@ -62,10 +62,11 @@ def replica_devices(config: ScoreConfig) -> list[str] | None:
 
 
 def check_quantize(config: ScoreConfig, devices: list[str] | None) -> None:
-    if config.quantize == "fp8" and config.backend != "vllm":
+    if config.quantize == "none":
+        return
+    if config.backend != "vllm":
         raise ValueError("--quantize fp8 is vLLM's float8 mode: use it with --backend vllm")
-    if config.quantize == "fp8":
-        require_fp8_gpus(devices)
+    require_fp8_gpus(devices)
 
 
 def replica_config(config: ScoreConfig) -> ScoreConfig:
