@@ -171,7 +171,7 @@ def raw_engine(model: str, manifest: Path, args):
     if device == "cpu":
         set_cpu_kv_cache(config)  # as our replica does
     start = time.time()
-    llm = LLM(**{**engine_args(config, device, 1), **json.loads(args.engine_kwargs)})
+    llm = LLM(**{**engine_args(config, device, 1), **args.engine_kwargs})
     startup = time.time() - start
     judge = Judge(config, caption_template(PROMPT), llm.get_tokenizer())
     prompt = judge.prepare({"image_path": str(folder / "00000.png")}).requests[0].prompt  # ours, word for word
@@ -217,7 +217,7 @@ def main() -> None:
                         help="score.run's flag, also given to raw and engine (>0: one rendering thread in ours)")
     parser.add_argument("--quantize", default="none", choices=["none", "fp8"],
                         help="score.run's flag, also given to raw and engine (fp8: lossy, GPUs only)")
-    parser.add_argument("--engine-kwargs", default="{}",
+    parser.add_argument("--engine-kwargs", type=json.loads, default={},
                         help="raw and engine modes: extra vLLM engine arguments as JSON, to try a setting before "
                              "making it a score.run flag, e.g. '{\"max_num_batched_tokens\": 32768}'")
     parser.add_argument("--model", default=None, help="model folder (default: Qwen3-VL-8B shape, dummy weights)")
@@ -233,7 +233,7 @@ def main() -> None:
     model = args.model or str(build_model_dir(Path.home() / ".cache" / "genscore-bench" / "qwen3-vl-8b-shape"))
     manifest = write_images(work / "images", args.images, args.size)
     result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens", "model": args.model or "qwen3-vl-8b-shape",
-                    "quantize": args.quantize, "engine_kwargs": json.loads(args.engine_kwargs)}
+                    "quantize": args.quantize, "engine_kwargs": args.engine_kwargs}
     modes = args.modes.split(",")
     gpu = GpuBusy()
     try:
