@@ -14,12 +14,18 @@ gen.run's attention processor). CUDA kernel time is summed per kind:
 - matmul:    cuBLAS / CUTLASS GEMMs (fp8 ones included),
 - other:     everything else (norms, modulation, RoPE, GELU, copies), what compile can shrink.
 Prints one JSON line. A denoising image costs 2 x steps forwards (true CFG), so 100 at 50 steps.
+
+--cfg also times one true-CFG step both ways: two forwards as diffusers runs them (the prompt, then
+the shorter negative prompt, --negative-tokens), and one forward over a batch of the two with the
+negative prompt padded and masked out (`encoder_hidden_states_mask`); batched CFG is worth building
+only if the second is faster. It reports how far the batched outputs are from the separate ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import sys
@@ -82,6 +88,49 @@ def inputs(transformer, task: str, size: int, text_tokens: int, device: str) -> 
                 img_shapes=[[(1, side, side)] * images], return_dict=False)
 
 
+def cfg_inputs(cond: dict, negative_tokens: int) -> tuple[dict, dict]:
+    """The unconditional forward's inputs (a shorter prompt, the same latents), and both forwards as
+    one batch of two: the shorter prompt padded to the longer one and masked out."""
+    import torch
+
+    text = cond["encoder_hidden_states"]
+    negative = torch.randn(1, negative_tokens, text.shape[2], device=text.device, dtype=text.dtype)
+    uncond = dict(cond, encoder_hidden_states=negative)
+    length = max(text.shape[1], negative_tokens)
+    mask = torch.zeros(2, length, dtype=torch.bool, device=text.device)
+    mask[0, :text.shape[1]] = mask[1, :negative_tokens] = True
+    padded = [torch.nn.functional.pad(t["encoder_hidden_states"], (0, 0, 0, length - t["encoder_hidden_states"].shape[1]))
+              for t in (cond, uncond)]
+    batched = dict(cond, hidden_states=cond["hidden_states"].repeat(2, 1, 1), timestep=cond["timestep"].repeat(2),
+                   encoder_hidden_states=torch.cat(padded), encoder_hidden_states_mask=mask,
+                   img_shapes=cond["img_shapes"] * 2)
+    return uncond, batched
+
+
+def time_ms(call, sync, repeats: int = 5) -> float:
+    for _ in range(3):  # warm-up: compile, autotune
+        call()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        call()
+    sync()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def cfg_step(transformer, cond: dict, negative_tokens: int, sync) -> dict:
+    import torch
+
+    uncond, batched = cfg_inputs(cond, negative_tokens)
+    separate_ms = time_ms(lambda: (transformer(**cond), transformer(**uncond)), sync)
+    batched_ms = time_ms(lambda: transformer(**batched), sync)
+    together = transformer(**batched)[0].float()
+    apart = torch.cat([transformer(**cond)[0], transformer(**uncond)[0]]).float()
+    return {"separate_ms": round(separate_ms, 1), "batched_ms": round(batched_ms, 1),
+            "batched_speedup": round(separate_ms / batched_ms, 3),
+            "max_abs_diff": float((together - apart).abs().max()), "output_abs_mean": float(apart.abs().mean())}
+
+
 def profile_mode(task: str, mode: str, args) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -89,18 +138,15 @@ def profile_mode(task: str, mode: str, args) -> dict:
     transformer = build(task, mode, args.device, args.tiny)
     kwargs = inputs(transformer, task, args.size, args.text_tokens or (1400 if task == "edit" else 100), args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    result = {}
     with torch.no_grad():
-        for _ in range(3):
-            transformer(**kwargs)
-        sync()
-        start = time.perf_counter()
-        for _ in range(5):
-            transformer(**kwargs)
-        sync()
-        forward_ms = (time.perf_counter() - start) / 5 * 1000
+        forward_ms = time_ms(functools.partial(transformer, **kwargs), sync)
         with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as trace:
             transformer(**kwargs)
             sync()
+        if args.cfg:
+            negative = args.negative_tokens or (1380 if task == "edit" else 10)
+            result["cfg_step"] = cfg_step(transformer, kwargs, negative, sync)
     del transformer, kwargs
     torch._dynamo.reset()  # compiled blocks hold the weights: 41 GB per mode otherwise
     gc.collect()
@@ -113,7 +159,7 @@ def profile_mode(task: str, mode: str, args) -> dict:
     top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]
     return {"forward_ms": round(forward_ms, 1), "kernel_ms": round(total, 1),
             "share": {k: round(v / total, 3) for k, v in by_kind.items()} if total else {},
-            "top": [[e.key[:60], round(e.self_device_time_total / 1000, 1), e.count] for e in top]}
+            "top": [[e.key[:60], round(e.self_device_time_total / 1000, 1), e.count] for e in top], **result}
 
 
 def main() -> None:
@@ -122,6 +168,10 @@ def main() -> None:
     parser.add_argument("--modes", default="eager,default", help=f"any of {','.join(PROFILED)}")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--text-tokens", type=int, default=None, help="default: 100 (t2i), 1400 (edit)")
+    parser.add_argument("--cfg", action="store_true", help="also time a true-CFG step: two forwards vs one batch of two")
+    parser.add_argument("--negative-tokens", type=int, default=None,
+                        help="--cfg: the negative prompt's tokens (default: 10 for t2i, 1380 for edit, where the "
+                             "negative prompt carries the source image too)")
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--tiny", action="store_true", help="the tiny transformer (a CPU smoke run)")
     args = parser.parse_args()

@@ -12,6 +12,8 @@ for raw vLLM) + a ~150-character prompt per request, exactly 64 output tokens (i
 - engine: the same engine fed requests rendered beforehand (all added at once, then stepped to the
          end): the GPU's ceiling with the front-end taken away; its render time is reported apart.
 - hf:    score.run --backend transformers, batch 4 (what users run today), on --hf-images images.
+--distinct-images N makes the requests cycle through N different images (default: all different);
+with 1, vLLM's prefix and multimodal caches skip most of the work.
 --quantize fp8 runs every mode with vLLM's float8 weights (lossy); --engine-kwargs '{...}' gives raw and
 engine extra vLLM engine arguments, to try a setting before it becomes a score.run flag.
 Each mode also reports gpu_busy: the mean of nvidia-smi's utilization.gpu (share of time a kernel
@@ -69,23 +71,25 @@ def build_model_dir(out: Path) -> Path:
     return out
 
 
-def write_images(folder: Path, n: int, size: int) -> Path:
+def write_images(folder: Path, n: int, size: int, distinct: int | None = None) -> Path:
+    """n manifest rows over `distinct` different PNGs (all different by default), reused in turn."""
     import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, size, dtype=np.float32)
-    records, saves = [], []
+    distinct = min(distinct or n, n)
     # PNG compression of noisy 1024px images takes ~0.2 s each; it releases the GIL, so save in threads.
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        for i in range(n):
+        saves = []
+        for i in range(distinct):
             base = (ramp[None, :, None] * rng.uniform(0.3, 1.0, 3) + ramp[:, None, None] * rng.uniform(0, 0.7, 3)) / 1.7
             pixels = np.clip(base + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
             saves.append(pool.submit(Image.fromarray(pixels).save, folder / f"{i:05d}.png"))
-            records.append({"id": f"{i:05d}", "image": f"{i:05d}.png", "category": "bench"})
-    for save in saves:
-        save.result()  # a failed write stops the bench here
+        for save in saves:
+            save.result()  # a failed write stops the bench here
+    records = [{"id": f"{i:05d}", "image": f"{i % distinct:05d}.png", "category": "bench"} for i in range(n)]
     (folder / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder / "bench.jsonl"
 
@@ -220,6 +224,9 @@ def main() -> None:
     parser.add_argument("--engine-kwargs", type=json.loads, default={},
                         help="raw and engine modes: extra vLLM engine arguments as JSON, to try a setting before "
                              "making it a score.run flag, e.g. '{\"max_num_batched_tokens\": 32768}'")
+    parser.add_argument("--distinct-images", type=int, default=None,
+                        help="how many different images the requests cycle through (default: all different); "
+                             "1 shows what vLLM's prefix and multimodal caches make of one image repeated")
     parser.add_argument("--model", default=None, help="model folder (default: Qwen3-VL-8B shape, dummy weights)")
     parser.add_argument("--load-format", default="dummy")
     parser.add_argument("--device", default="cuda:0")
@@ -231,8 +238,9 @@ def main() -> None:
     # A fixed folder, not a temporary one: vLLM's compile cache is keyed by the model path, so a
     # second run then measures a warm start, as a user's second run on the same model would.
     model = args.model or str(build_model_dir(Path.home() / ".cache" / "genscore-bench" / "qwen3-vl-8b-shape"))
-    manifest = write_images(work / "images", args.images, args.size)
-    result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens", "model": args.model or "qwen3-vl-8b-shape",
+    manifest = write_images(work / "images", args.images, args.size, args.distinct_images)
+    result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens",
+                    "distinct_images": args.distinct_images or args.images, "model": args.model or "qwen3-vl-8b-shape",
                     "quantize": args.quantize, "engine_kwargs": args.engine_kwargs}
     modes = args.modes.split(",")
     gpu = GpuBusy()
