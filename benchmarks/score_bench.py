@@ -13,7 +13,7 @@ for raw vLLM) + a ~150-character prompt per request, exactly 64 output tokens (i
          end): the GPU's ceiling with the front-end taken away; its render time is reported apart.
 - hf:    score.run --backend transformers, batch 4 (what users run today), on --hf-images images.
 --distinct-images N makes the requests cycle through N different images (default: all different);
-with 1, vLLM's prefix and multimodal caches skip most of the work.
+repeats are cheap only with vLLM's processor cache on (--mm-processor-cache-gb 4): compare at equal N.
 --quantize fp8 runs every mode with vLLM's float8 weights (lossy); --engine-kwargs '{...}' gives raw and
 engine extra vLLM engine arguments, to try a setting before it becomes a score.run flag.
 Each mode also reports gpu_busy: the mean of nvidia-smi's utilization.gpu (share of time a kernel
