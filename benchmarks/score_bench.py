@@ -17,7 +17,9 @@ repeats are cheap only with vLLM's processor cache on (--mm-processor-cache-gb 4
 --quantize fp8 runs every mode with vLLM's float8 weights (lossy); --engine-kwargs '{...}' gives raw and
 engine extra vLLM engine arguments, to try a setting before it becomes a score.run flag.
 Each mode also reports gpu_busy: the mean of nvidia-smi's utilization.gpu (share of time a kernel
-was running) sampled every 200 ms over the measured span; near 100 means the GPU is the limit.
+was running) sampled every 200 ms over the measured span, for the busiest GPU (gpu_busy_each: every
+GPU); near 100 means the GPU is the limit. cpu_cores_busy: how many of the host's cores were busy
+on average over the span (from /proc/stat), to tell a CPU-bound front-end from a full host.
 Prints one JSON line of figures. Needs a GPU (or --device cpu with a tiny --model for a smoke run).
 """
 
@@ -94,30 +96,51 @@ def write_images(folder: Path, n: int, size: int, distinct: int | None = None) -
     return folder / "bench.jsonl"
 
 
-class GpuBusy:
-    """nvidia-smi utilization samples, stamped on arrival, averaged over a span (None without a GPU)."""
+class Monitor:
+    """GPU and host CPU use, sampled every 200 ms and averaged over a span: `gpu_busy` (the busiest
+    GPU's mean utilization.gpu; None without a GPU), `gpu_busy_each` (one per GPU) and
+    `cpu_cores_busy` (how many of the host's cores were busy on average, from /proc/stat)."""
 
     def __init__(self):
-        self.samples: list[tuple[float, float]] = []
-        try:
-            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                          "-lms", "200"], stdout=subprocess.PIPE, text=True)
+        self.gpu: list[tuple[float, int, float]] = []  # (time, GPU index, utilization)
+        self.cpu: list[tuple[float, int, int]] = []  # (time, busy jiffies, all jiffies)
+        self.stopped = threading.Event()
+        if Path("/proc/stat").exists():
+            threading.Thread(target=self._read_cpu, daemon=True).start()
+        try:  # one line per GPU per sample
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=index,utilization.gpu",
+                                          "--format=csv,noheader,nounits", "-lms", "200"],
+                                         stdout=subprocess.PIPE, text=True)
         except OSError:
             self.proc = None
             return
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_gpu, daemon=True).start()
 
-    def _read(self) -> None:
+    def _read_gpu(self) -> None:
         for line in self.proc.stdout:
-            values = [float(v) for v in line.split(",") if v.strip()]  # one per GPU: take the busiest
-            if values:
-                self.samples.append((time.time(), max(values)))
+            index, busy = line.split(",")
+            self.gpu.append((time.time(), int(index), float(busy)))
 
-    def mean(self, start: float, end: float) -> float | None:
-        inside = [u for t, u in self.samples if start <= t <= end]
-        return round(sum(inside) / len(inside), 1) if inside else None
+    def _read_cpu(self) -> None:
+        while not self.stopped.wait(0.2):
+            # user nice system idle iowait irq softirq steal, in jiffies since boot
+            jiffies = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            self.cpu.append((time.time(), sum(jiffies) - jiffies[3] - jiffies[4], sum(jiffies)))
+
+    def span(self, start: float, end: float) -> dict:
+        per_gpu: dict[int, list[float]] = {}
+        for t, index, busy in self.gpu:
+            if start <= t <= end:
+                per_gpu.setdefault(index, []).append(busy)
+        each = [round(sum(v) / len(v), 1) for _, v in sorted(per_gpu.items())]
+        cpu = [sample for sample in self.cpu if start <= sample[0] <= end]
+        cores = None
+        if len(cpu) >= 2 and cpu[-1][2] > cpu[0][2]:
+            cores = round((cpu[-1][1] - cpu[0][1]) / (cpu[-1][2] - cpu[0][2]) * os.cpu_count(), 1)
+        return {"gpu_busy": max(each, default=None), "gpu_busy_each": each, "cpu_cores_busy": cores}
 
     def close(self) -> None:
+        self.stopped.set()
         if self.proc:
             self.proc.terminate()  # `nvidia-smi -lms` runs until stopped, past our own exit
             self.proc.wait()
@@ -134,7 +157,7 @@ def score_config(model: str, manifest: Path, out: Path, args, **overrides):
     return ScoreConfig(**values)
 
 
-def run_ours(model: str, manifest: Path, out: Path, args, gpu: GpuBusy, **overrides) -> dict:
+def run_ours(model: str, manifest: Path, out: Path, args, monitor: Monitor, **overrides) -> dict:
     import pandas as pd
 
     from score.run import run
@@ -154,7 +177,7 @@ def run_ours(model: str, manifest: Path, out: Path, args, gpu: GpuBusy, **overri
         replicas[f"{device} #{worker}"] = {"images_per_s": round(len(rows) / (end - begin), 1),
                                            "from_s": round(begin - first, 1), "to_s": round(end - first, 1)}
     return {"exit": code, "ok": len(ok), "images_per_s": len(frame) / span, "wall_s": wall,
-            "gpu_busy": gpu.mean(first, last), "replicas": replicas,
+            **monitor.span(first, last), "replicas": replicas,
             "startup_s": wall - span, "prompt_tokens": float(ok["prompt_tokens"].mean()),
             "output_tokens": float(ok["output_tokens"].mean())}
 
@@ -184,17 +207,17 @@ def raw_engine(model: str, manifest: Path, args):
     return llm, requests, params, startup
 
 
-def run_raw(model: str, manifest: Path, args, gpu: GpuBusy) -> dict:
+def run_raw(model: str, manifest: Path, args, monitor: Monitor) -> dict:
     llm, requests, params, startup = raw_engine(model, manifest, args)
     t0 = time.time()
     outputs = llm.generate(requests, params, use_tqdm=False)
     elapsed = time.time() - t0
     llm.llm_engine.engine_core.shutdown()
-    return {"images_per_s": len(outputs) / elapsed, "startup_s": startup, "gpu_busy": gpu.mean(t0, t0 + elapsed),
+    return {"images_per_s": len(outputs) / elapsed, "startup_s": startup, **monitor.span(t0, t0 + elapsed),
             "prompt_tokens": sum(len(o.prompt_token_ids) for o in outputs) / len(outputs)}
 
 
-def run_engine_only(model: str, manifest: Path, args, gpu: GpuBusy) -> dict:
+def run_engine_only(model: str, manifest: Path, args, monitor: Monitor) -> dict:
     llm, requests, params, startup = raw_engine(model, manifest, args)
     engine = llm.llm_engine
     t0 = time.time()
@@ -208,7 +231,7 @@ def run_engine_only(model: str, manifest: Path, args, gpu: GpuBusy) -> dict:
     t2 = time.time()
     engine.engine_core.shutdown()
     return {"images_per_s": done / (t2 - t1), "render_ms_per_image": 1000 * (t1 - t0) / len(requests),
-            "startup_s": startup, "gpu_busy": gpu.mean(t1, t2)}
+            "startup_s": startup, **monitor.span(t1, t2)}
 
 
 def main() -> None:
@@ -243,28 +266,28 @@ def main() -> None:
                     "distinct_images": args.distinct_images or args.images, "model": args.model or "qwen3-vl-8b-shape",
                     "quantize": args.quantize, "engine_kwargs": args.engine_kwargs}
     modes = args.modes.split(",")
-    gpu = GpuBusy()
+    monitor = Monitor()
     try:
-        run_modes(modes, model, manifest, work, args, gpu, result)
+        run_modes(modes, model, manifest, work, args, monitor, result)
     finally:
-        gpu.close()
+        monitor.close()
     print(json.dumps(result), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def run_modes(modes: list[str], model: str, manifest: Path, work: Path, args, gpu: GpuBusy, result: dict) -> None:
+def run_modes(modes: list[str], model: str, manifest: Path, work: Path, args, monitor: Monitor, result: dict) -> None:
     if "ours" in modes:
         overrides = {"devices": None, "replicas": args.replicas} if args.replicas > 1 else {}
         overrides["replicas_per_gpu"] = args.replicas_per_gpu
-        result["ours"] = run_ours(model, manifest, work / "ours", args, gpu, **overrides)
+        result["ours"] = run_ours(model, manifest, work / "ours", args, monitor, **overrides)
     if "raw" in modes:
-        result["raw_vllm"] = run_raw(model, manifest, args, gpu)
+        result["raw_vllm"] = run_raw(model, manifest, args, monitor)
     if "engine" in modes:
-        result["engine_only"] = run_engine_only(model, manifest, args, gpu)
+        result["engine_only"] = run_engine_only(model, manifest, args, monitor)
     if "hf" in modes:
         hf_manifest = manifest.with_name("hf.jsonl")
         hf_manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[: args.hf_images]))
-        result["transformers"] = run_ours(model, hf_manifest, work / "hf", args, gpu, backend="transformers",
+        result["transformers"] = run_ours(model, hf_manifest, work / "hf", args, monitor, backend="transformers",
                                           batch_size=4)
     if "ours" in result and "raw_vllm" in result:
         result["ours_vs_raw"] = result["ours"]["images_per_s"] / result["raw_vllm"]["images_per_s"]
