@@ -19,6 +19,7 @@ Prints one JSON line. A denoising image costs 2 x steps forwards (true CFG), so 
 the shorter negative prompt, --negative-tokens), and one forward over a batch of the two with the
 negative prompt padded and masked out (`encoder_hidden_states_mask`); batched CFG is worth building
 only if the second is faster. It reports how far the batched outputs are from the separate ones.
+--cudagraphs replays the compiled blocks as CUDA graphs (a probe of what launch overhead costs).
 """
 
 from __future__ import annotations
@@ -53,12 +54,13 @@ def kind(kernel: str) -> str:
     return "matmul" if any(word in name for word in MATMUL) else "other"
 
 
-def build(task: str, mode: str, device: str, tiny: bool):
+def build(task: str, mode: str, device: str, tiny: bool, cudagraphs: bool = False):
     import torch
     from diffusers import QwenImageTransformer2DModel
 
     from data import tiny as tiny_models
     from gen.config import GenConfig
+    from gen import pipeline
     from gen.pipeline import speed_up, torch_dtype
 
     torch.manual_seed(0)
@@ -69,8 +71,14 @@ def build(task: str, mode: str, device: str, tiny: bool):
         transformer.compile_repeated_blocks(fullgraph=True)
         return transformer
     mode_config = dataclasses.replace(GenConfig(), **MODES[mode])  # gen.run's defaults, then the mode's flags
-    speed_up(SimpleNamespace(transformer=transformer), mode_config.compile, mode_config.attention_backend,
-             mode_config.cache_threshold, device, mode_config.quantize)
+    shipped = pipeline.INDUCTOR_OPTIONS
+    if cudagraphs:  # a probe, not a gen.run option: the compiled blocks replayed as CUDA graphs
+        pipeline.INDUCTOR_OPTIONS = {**shipped, "triton.cudagraphs": True}
+    try:
+        speed_up(SimpleNamespace(transformer=transformer), mode_config.compile, mode_config.attention_backend,
+                 mode_config.cache_threshold, device, mode_config.quantize)
+    finally:
+        pipeline.INDUCTOR_OPTIONS = shipped
     return transformer
 
 
@@ -135,7 +143,7 @@ def profile_mode(task: str, mode: str, args) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    transformer = build(task, mode, args.device, args.tiny)
+    transformer = build(task, mode, args.device, args.tiny, args.cudagraphs)
     kwargs = inputs(transformer, task, args.size, args.text_tokens or (1400 if task == "edit" else 100), args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     result = {}
@@ -172,12 +180,14 @@ def main() -> None:
     parser.add_argument("--negative-tokens", type=int, default=None,
                         help="--cfg: the negative prompt's tokens (default: 10 for t2i, 1380 for edit, where the "
                              "negative prompt carries the source image too)")
+    parser.add_argument("--cudagraphs", action="store_true",
+                        help="compiled modes: replay the compiled blocks as CUDA graphs (inductor's triton.cudagraphs)")
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--tiny", action="store_true", help="the tiny transformer (a CPU smoke run)")
     args = parser.parse_args()
     if unknown := set(args.modes.split(",")) - set(PROFILED):
         parser.error(f"--modes: {', '.join(sorted(unknown))} not profiled here; any of {','.join(PROFILED)}")
-    result: dict = {"workload": f"{args.task} {args.size}px, one transformer forward"}
+    result: dict = {"workload": f"{args.task} {args.size}px, one transformer forward", "cudagraphs": args.cudagraphs}
     for mode in args.modes.split(","):
         result[mode] = profile_mode(args.task, mode, args)
         print(json.dumps({mode: result[mode]}), file=sys.stderr, flush=True)
