@@ -28,7 +28,7 @@ class Echo:
     prefetch = 256  # as a scoring replica asks ahead
 
     def __init__(self, config: None, device: str):
-        self.device = device
+        pass  # the stage contract: Stage(config, device)
 
     def process(self, feed: Iterable[dict]) -> Iterator[dict]:
         for item in feed:
