@@ -16,6 +16,9 @@ for raw vLLM) + a ~150-character prompt per request, exactly 64 output tokens (i
 repeats are cheap only with vLLM's processor cache on (--mm-processor-cache-gb 4): compare at equal N.
 --quantize fp8 runs every mode with vLLM's float8 weights (lossy); --engine-kwargs '{...}' gives raw and
 engine extra vLLM engine arguments, to try a setting before it becomes a score.run flag.
+--layers N keeps N text layers and N vision blocks (real widths, real processor): the GPU then has
+little to do, so one replica shows its front-end's ceiling, and --replicas-per-gpu 2 shows whether
+two replicas' front-ends scale on one host without a second GPU.
 Each mode also reports gpu_busy: the mean of nvidia-smi's utilization.gpu (share of time a kernel
 was running) sampled every 200 ms over the measured span, for the busiest GPU (gpu_busy_each: every
 GPU); near 100 means the GPU is the limit. cpu_cores_busy: how many of the host's cores were busy
@@ -55,8 +58,12 @@ QWEN3_VL_8B = {
 }
 
 
-def build_model_dir(out: Path) -> Path:
-    """Real Qwen3-VL-8B config + the tiny tokenizer and a Qwen3-VL-8B-sized processor; no weights."""
+def build_model_dir(out: Path, layers: int | None = None) -> Path:
+    """Real Qwen3-VL-8B config + the tiny tokenizer and a Qwen3-VL-8B-sized processor; no weights.
+
+    layers: keep only this many text layers and vision blocks (same widths, same processor), so
+    that the GPU's share of each request is small and the front-end and host become the limit.
+    """
     from transformers import Qwen3VLConfig
 
     from data import tiny
@@ -65,7 +72,12 @@ def build_model_dir(out: Path) -> Path:
     ids = tiny.token_ids(tok)
     text = dict(QWEN3_VL_8B["text_config"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"],
                 bos_token_id=ids["bos_token_id"])
-    config = Qwen3VLConfig(text_config=text, vision_config=QWEN3_VL_8B["vision_config"], tie_word_embeddings=False,
+    vision = dict(QWEN3_VL_8B["vision_config"])
+    if layers:
+        # deepstack feeds one text layer per listed vision block, so at most `layers` of them
+        text["num_hidden_layers"], vision["depth"] = layers, layers
+        vision["deepstack_visual_indexes"] = list(range(layers))[-3:]
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False,
                            **tiny.vision_token_ids(ids))
     config.architectures = ["Qwen3VLForConditionalGeneration"]  # else vLLM picks the pooling model
     config.save_pretrained(out)
@@ -251,6 +263,9 @@ def main() -> None:
                         help="how many different images the requests cycle through (default: all different); "
                              "1 shows what vLLM's prefix and multimodal caches make of one image repeated")
     parser.add_argument("--model", default=None, help="model folder (default: Qwen3-VL-8B shape, dummy weights)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="keep only N text layers and N vision blocks of the 8B shape (default: all 36 / 27): "
+                             "the GPU's share then is small, so the front-end and host are the limit")
     parser.add_argument("--load-format", default="dummy")
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--modes", default="ours,raw,hf")
@@ -260,10 +275,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="score-bench-"))
     # A fixed folder, not a temporary one: vLLM's compile cache is keyed by the model path, so a
     # second run then measures a warm start, as a user's second run on the same model would.
-    model = args.model or str(build_model_dir(Path.home() / ".cache" / "genscore-bench" / "qwen3-vl-8b-shape"))
+    shape = "qwen3-vl-8b-shape" + (f"-{args.layers}-layers" if args.layers else "")
+    model = args.model or str(build_model_dir(Path.home() / ".cache" / "genscore-bench" / shape, args.layers))
     manifest = write_images(work / "images", args.images, args.size, args.distinct_images)
     result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens",
-                    "distinct_images": args.distinct_images or args.images, "model": args.model or "qwen3-vl-8b-shape",
+                    "distinct_images": args.distinct_images or args.images, "model": args.model or shape,
                     "quantize": args.quantize, "engine_kwargs": args.engine_kwargs}
     modes = args.modes.split(",")
     monitor = Monitor()
