@@ -272,6 +272,8 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1, help="ours only: replicas (one GPU each)")
     parser.add_argument("--replicas-per-gpu", type=int, default=1, help="ours only: replicas sharing each GPU")
     args = parser.parse_args()
+    if args.model and args.layers:
+        parser.error("--layers shapes the bench's own model; it cannot change a --model folder")
     work = Path(tempfile.mkdtemp(prefix="score-bench-"))
     # A fixed folder, not a temporary one: vLLM's compile cache is keyed by the model path, so a
     # second run then measures a warm start, as a user's second run on the same model would.
