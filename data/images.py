@@ -6,23 +6,39 @@ import math
 from pathlib import Path
 
 
-def open_rgb(path: str | None, max_pixels: int | None = None, min_pixels: int = 1):
+def open_rgb(path: str | None, max_pixels: int | None = None, min_pixels: int = 1,
+             resize_to: tuple[int, int] | None = None):
     """An RGB image, scaled into [min_pixels, max_pixels] keeping its aspect ratio when a cap is
-    given. Raises with a readable reason for a missing, empty or undecodable file."""
+    given; first resized to exactly `resize_to` (bicubic, as PIL's `resize` default) when given.
+    Raises with a readable reason for a missing, empty or undecodable file."""
+    from PIL import Image
+
+    with _open(path) as image:
+        if max_pixels and not resize_to:
+            image.draft("RGB", _fit(image.size, max_pixels, min_pixels))  # JPEG: decode at reduced size
+        image = _to_rgb(image)
+    if resize_to and image.size != tuple(resize_to):
+        image = image.resize(tuple(resize_to), Image.Resampling.BICUBIC)
+    if not max_pixels:
+        return image
+    size = _fit(image.size, max_pixels, min_pixels)
+    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+
+
+def image_size(path: str | None) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    with _open(path) as image:
+        return image.size
+
+
+def _open(path: str | None):
     from PIL import Image
 
     if not path:
         raise ValueError("no image path given")
     if not Path(path).is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    with Image.open(path) as image:
-        if max_pixels:
-            image.draft("RGB", _fit(image.size, max_pixels, min_pixels))  # JPEG: decode at reduced size
-        image = _to_rgb(image)
-    if not max_pixels:
-        return image
-    size = _fit(image.size, max_pixels, min_pixels)
-    return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+    return Image.open(path)
 
 
 def _to_rgb(image):

@@ -68,6 +68,7 @@ _SCORE = [
     ("raw_response", pa.string()),   # the judge's raw text, one JSON answer per question
     ("prompt_tokens", pa.int64()),
     ("output_tokens", pa.int64()),
+    ("asks", pa.int32()),            # times the questions were asked (protocols re-ask unparseable answers)
 ]
 
 GEN_SCHEMA = pa.schema(_COMMON + _GEN)

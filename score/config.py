@@ -14,11 +14,19 @@ def _f(default, help: str):
 class ScoreConfig:
     task: Literal["auto", "caption", "edit", "t2i", "custom"] = _f(
         "auto", "what to ask: auto = edit if inputs have source images, else t2i")
-    model: str = _f("tiny:qwen3vl", "Qwen3-VL judge: hub id, local path, or tiny:qwen3vl")
+    model: str = _f("tiny:qwen3vl", "judge: any vLLM multimodal chat model by hub id or local path (Qwen3-VL, "
+                                    "Qwen2.5-VL, ...), or tiny:qwen3vl / tiny:qwen25vl")
     input: str | None = _f(None, "gen run folder, Parquet/CSV/JSONL, image folder or layout folder "
                                  "(default: the newest run under runs/)")
     output_dir: str | None = _f(None, "score folder (default: <input run>/scores, or <input>-scores)")
     gen_config: str | None = _f(None, "a gen YAML to run first; its output is then scored (two-stage flow)")
+    protocol: Literal["viescore", "editscore", "genscore"] = _f(
+        "viescore", "judging protocol for edit and t2i: viescore (VIEScore as GEdit-Bench runs it), editscore "
+                    "(EditScore's 0-25 scale, sampled passes; edits only), genscore (genscore's own v1 prompts)")
+    num_pass: int = _f(1, "editscore: passes per sample (temperature 0.7, seeds 42, 43, ...), averaged")
+    reduction: Literal["average_last", "average_first"] = _f(
+        "average_last", "editscore: overall = mean of the passes' overall scores (average_last), or from the "
+                        "averaged prompt-following and quality scores (average_first)")
     template_file: str | None = _f(None, "custom template YAML (task custom)")
     prompt: str | None = _f(None, "caption instruction (task caption)")
     id_column: str | None = _f(None, "column with the sample id")
@@ -26,6 +34,7 @@ class ScoreConfig:
     source_column: str | None = _f(None, "column with the source image (edit)")
     prompt_column: str | None = _f(None, "column with the prompt or instruction")
     category_column: str | None = _f(None, "column with the category")
+    categories: str | None = _f(None, "score only these categories, comma-separated, as the input spells them")
     image_root: str | None = _f(None, "folder that relative image paths resolve under")
     num_samples: int | None = _f(None, "score only this many samples")
     offset: int = _f(0, "skip this many samples first")
@@ -44,12 +53,19 @@ class ScoreConfig:
                 "answers may change; GPUs of compute capability 8.9+, e.g. H100). Default none")
     max_pixels: int = _f(1024 * 1024, "image pixel cap: larger images are downscaled before the processor")
     min_pixels: int = _f(32 * 32, "smallest image size in pixels (smaller ones are upscaled)")
-    max_model_len: int = _f(8192, "vLLM context length")
-    max_num_seqs: int | None = _f(None, "vLLM concurrent sequences per replica (default: vLLM's, 1024 on "
-                                        "an H100)")
+    mm_processor_kwargs: str | None = _f(
+        None, "JSON passed to the model's HF processor; default: Qwen-VL processors get the pixel range as "
+              "`size`, others none (images are capped to --max-pixels before the processor either way)")
+    max_model_len: int | None = _f(None, "vLLM context length (default: the judge's own limit, at most 8192; a "
+                                         "larger value is lowered to the judge's limit)")
+    max_num_seqs: int | None = _f(None, "vLLM concurrent sequences per replica (default on GPUs: 256, within "
+                                        "vLLM's CUDA-graph batch sizes; on CPU: vLLM's)")
     gpu_memory_utilization: float = _f(0.9, "vLLM share of GPU memory")
     enforce_eager: bool = _f(False, "skip CUDA graphs / torch.compile (faster start, slower run)")
-    max_tokens: int = _f(512, "output tokens per answer")
+    max_tokens: int = _f(512, "output tokens per answer (the editscore protocol uses its own 512)")
+    max_reasoning_chars: int | None = _f(
+        None, "cap on an answer's reasoning string, so that it closes within --max-tokens instead of being cut "
+              "off (default: max tokens - 32; 0 = no cap)")
     temperature: float = _f(0.0, "sampling temperature (0 = greedy)")
     window: int | None = _f(None, "samples in flight per replica (default: 2 x max_num_seqs, or 1024)")
     preprocess_threads: int = _f(8, "image decode and render threads per replica")
@@ -62,6 +78,8 @@ class ScoreConfig:
                                           "at real size (benchmarks)")
     ignore_eos: bool = _f(False, "always generate max_tokens (benchmarks: a fixed output length)")
 
+    print_prompts: bool = _f(False, "print the exact messages of each question for the first sample, then exit "
+                                    "(the judge is not loaded)")
     print_samples: bool = _f(False, "print [Sample N] Score: x | Response: ... lines as they finish")
     write_txt: bool = _f(False, "caption: also write <image name>.txt beside each image")
     retry_failed: bool = _f(False, "also re-score samples whose last row is failed")
@@ -78,5 +96,5 @@ RUNTIME_FIELDS = {
     "replicas_per_gpu",
     "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
     "preprocess_threads", "mm_processor_cache_gb", "batch_size", "kv_cache_gb", "print_samples", "write_txt",
-    "retry_failed", "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address",
+    "retry_failed", "force", "print_prompts", "fail_on_error", "max_retries", "progress", "engine", "ray_address",
 }

@@ -11,6 +11,7 @@ inline it stalls the loop that feeds the GPU for several milliseconds per image.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import threading
@@ -18,21 +19,44 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from data.tiny import resolve_model
+from score.model_info import QWEN_VL_TYPES, model_type
 from gen.pipeline import DTYPES
 from pool.executor import Feed
 from score.config import ScoreConfig
-from score.judge import Judge, Prepared, resolve_template
+from score.judge import Judge, Prepared, Request, resolve_template
+
+
+def processor_kwargs(config: ScoreConfig, model: str) -> dict:
+    """The HF processor's keyword arguments: the user's, or the pixel range for Qwen-VL processors
+    (`size`, not min/max_pixels: transformers drops those as call kwargs in 5.23). Other processors
+    take no pixel range of theirs; images reach them capped to --max-pixels already."""
+    if config.mm_processor_kwargs:
+        return json.loads(config.mm_processor_kwargs)
+    if model_type(model).startswith(QWEN_VL_TYPES):
+        return {"size": {"longest_edge": config.max_pixels, "shortest_edge": config.min_pixels}}
+    return {}
+
+
+# vLLM's default max_num_seqs (1024 on an H100/H200) is above its largest CUDA-graph batch (512), so
+# larger decode batches run eagerly and the engine turns CPU-bound: the 30B-A3B judge did 47 images/s
+# at 1024, 74 at 512, 79 at 256 (engine alone, one H200; BENCHMARKS.md). GPUs default to 256.
+GPU_MAX_NUM_SEQS = 256
+
+
+def max_num_seqs(config: ScoreConfig, device: str) -> int | None:
+    return config.max_num_seqs or (GPU_MAX_NUM_SEQS if device == "cuda" else None)
 
 
 def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
     dtype = DTYPES.get(config.dtype, "auto") if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    model = resolve_model(config.model)
     return dict(
-        model=resolve_model(config.model), dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
-        **({"max_num_seqs": config.max_num_seqs} if config.max_num_seqs else {}), enforce_eager=config.enforce_eager, seed=0,
+        model=model, dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
+        **({"max_num_seqs": max_num_seqs(config, device)} if max_num_seqs(config, device) else {}),
+        enforce_eager=config.enforce_eager, seed=0,
         **({"quantization": "fp8"} if config.quantize == "fp8" else {}),
         limit_mm_per_prompt={"image": 2, "video": 0}, mm_processor_cache_gb=config.mm_processor_cache_gb,
-        # `size`, not min/max_pixels: transformers drops those as call kwargs in 5.23.
-        mm_processor_kwargs={"size": {"longest_edge": config.max_pixels, "shortest_edge": config.min_pixels}},
+        mm_processor_kwargs=processor_kwargs(config, model),
         # guidance with no free whitespace: even a random tiny model then emits valid JSON.
         structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
         # "auto" would fall back to pickled .bin/.pt weights; we load safetensors only.
@@ -59,7 +83,7 @@ class VLLMStage:
         self.engine = self.llm.llm_engine
         self.tasks: dict[str, Judge] = {}
         self.tokenizer = self.llm.get_tokenizer()
-        self.window = config.window or 2 * (config.max_num_seqs or 512)
+        self.window = config.window or 2 * (max_num_seqs(config, device) or 512)
         self.prefetch = self.window
         self.threads = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="decode")
         # vLLM's processor cache is not thread-safe, and mirrors the engine's: with it on, one render
@@ -79,15 +103,17 @@ class VLLMStage:
             self.tasks[task] = Judge(self.config, resolve_template(self.config, task), self.tokenizer)
         return self.tasks[task]
 
-    def _params(self, schema: dict | None):
+    def _params(self, judge: Judge, request: Request):
+        """The flags' sampling, or the protocol's own where it fixes one (EditScore samples)."""
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        structured = StructuredOutputsParams(json=schema) if schema else None
+        structured = StructuredOutputsParams(json=request.schema) if request.schema else None
         fixed = self.config.ignore_eos  # benchmarks: every answer exactly max_tokens long
-        return SamplingParams(max_tokens=self.config.max_tokens, temperature=self.config.temperature, seed=0,
-                              structured_outputs=structured, ignore_eos=fixed,
-                              min_tokens=self.config.max_tokens if fixed else 0)
+        sampling = {"temperature": self.config.temperature, **judge.template.sampling,
+                    "max_tokens": judge.max_tokens, "seed": request.seed}
+        return SamplingParams(**sampling, structured_outputs=structured, ignore_eos=fixed,
+                              min_tokens=judge.max_tokens if fixed else 0)
 
     def process(self, feed: Feed) -> Iterator[dict]:
         running: dict[str, _Running] = {}  # engine request id -> the sample it belongs to
@@ -110,13 +136,7 @@ class VLLMStage:
                     continue
                 state = _Running(prepared, judge)
                 try:
-                    for request, engine_input in zip(prepared.requests, prepared.engine_inputs):
-                        rid += 1
-                        running[str(rid)] = state
-                        state.pending[str(rid)] = request.question
-                        internal = self.engine.add_request(str(rid), engine_input, self._params(request.schema))
-                        if isinstance(internal, str) and internal != str(rid):
-                            alias[internal] = str(rid)  # some vLLM versions report the internal id
+                    rid = self._add(state, running, alias, rid)
                 except ValueError as exc:  # e.g. a prompt longer than max_model_len
                     yield self._drop(state, running, judge.failed(prepared.item, f"rejected by vLLM: {exc}",
                                                                   prepared.started_at))
@@ -132,9 +152,22 @@ class VLLMStage:
                 request_id = alias.pop(output.request_id, output.request_id)
                 state = running.pop(request_id)
                 state.record(request_id, output)
-                if not state.pending:
+                if not state.pending and state.judge.ask_again(state.prepared, state.texts):
+                    rid = self._add(state, running, alias, rid)  # the protocol asks both questions again
+                elif not state.pending:
                     in_flight -= 1
                     yield state.finish()
+
+    def _add(self, state: "_Running", running: dict, alias: dict, rid: int) -> int:
+        """Add a sample's requests to the engine; returns the last request id used."""
+        for request, engine_input in zip(state.prepared.requests, state.prepared.engine_inputs):
+            rid += 1
+            running[str(rid)] = state
+            state.pending[str(rid)] = request.question
+            internal = self.engine.add_request(str(rid), engine_input, self._params(state.judge, request))
+            if isinstance(internal, str) and internal != str(rid):
+                alias[internal] = str(rid)  # some vLLM versions report the internal id
+        return rid
 
     def _prepare(self, item: dict) -> None:
         """Decode and render one sample (on a thread), then queue it for the engine loop."""

@@ -14,7 +14,7 @@ from data.tiny import resolve_model
 from gen.pipeline import torch_dtype
 from pool.executor import Feed
 from score.config import ScoreConfig
-from score.judge import Judge, Prepared, resolve_template
+from score.judge import Judge, Prepared, Request, resolve_template
 
 
 class TransformersStage:
@@ -63,22 +63,34 @@ class TransformersStage:
             group = [(p, r) for p, r in requests if r.question == question]
             for start in range(0, len(group), self.config.batch_size):
                 chunk = group[start:start + self.config.batch_size]
-                for (p, _), text, n_in, n_out in zip(chunk, *self._run([r for _, r in chunk])):
+                judge = self.judge(chunk[0][0].item["task"])
+                for (p, _), text, n_in, n_out in zip(chunk, *self._run([r for _, r in chunk], judge)):
                     texts[id(p)][question] = text
                     tokens[id(p)][0] += n_in
                     tokens[id(p)][1] += n_out
         for p in batch:
-            yield self.judge(p.item["task"]).finish(p, texts[id(p)], *tokens[id(p)])
+            judge = self.judge(p.item["task"])
+            while judge.ask_again(p, texts[id(p)]):  # the protocol asks both questions again
+                for r in p.requests:
+                    (text,), (n_in,), (n_out,) = self._run([r], judge)
+                    texts[id(p)][r.question] = text
+                    tokens[id(p)][0] += n_in
+                    tokens[id(p)][1] += n_out
+            yield judge.finish(p, texts[id(p)], *tokens[id(p)])
 
-    def _run(self, requests) -> tuple[list[str], list[int], list[int]]:
+    def _run(self, requests: list[Request], judge: Judge) -> tuple[list[str], list[int], list[int]]:
         import torch
 
         images = [image for r in requests for image in r.images]
         inputs = self.processor(text=[r.prompt for r in requests], images=images, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device)
-        kwargs = dict(max_new_tokens=self.config.max_tokens, do_sample=False)
+        sampling = {"temperature": self.config.temperature, **judge.template.sampling}
+        kwargs = dict(max_new_tokens=judge.max_tokens, do_sample=sampling["temperature"] > 0)
+        if kwargs["do_sample"]:  # the protocol's sampling, seeded per request batch
+            kwargs.update({k: sampling[k] for k in ("temperature", "top_p", "top_k") if k in sampling})
+            torch.manual_seed(requests[0].seed)
         if self.config.ignore_eos:
-            kwargs["min_new_tokens"] = self.config.max_tokens
+            kwargs["min_new_tokens"] = judge.max_tokens
         if requests[0].schema is not None:
             kwargs["logits_processor"] = [self._grammar(requests[0].schema, len(requests))]
         with torch.inference_mode():

@@ -23,6 +23,9 @@ if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e
   echo "setup: pip install failed (full log: $LOG)" >&2
   exit 1
 fi
+# EditScore's package, only for the golden test of its prompt texts: its own dependencies (peft,
+# qwen-vl-utils, a CUDA torchvision) are not needed for that and would disturb the CPU stack.
+"$VENV/bin/pip" install -q --no-deps editscore==0.2 >>"$LOG" 2>&1
 "$VENV/bin/python" -m data.cpu_compat --install
 echo "$KEY" > "$STAMP"
 echo "setup: done"

@@ -6,7 +6,6 @@ from PIL import Image
 
 from score.config import ScoreConfig
 from score.engine import VLLMStage
-from score.templates import score_schema
 
 
 class _Feed:
@@ -42,14 +41,41 @@ def test_vllm_answers_follow_the_schema(tiny_models, tmp_path):
     finally:
         stage.close()
     assert sorted(r["key"] for r in rows) == [f"k{i}" for i in range(6)]
-    schema = score_schema("prompt_alignment")
     for row in rows:
         assert row["status"] == "ok", row["error"]
-        answers = json.loads(row["raw_response"])
-        sc = json.loads(answers["sc"], strict=False)
-        assert set(sc) == set(schema["properties"]) and 0 <= sc["prompt_alignment"] <= 10
+        answers = {q: json.loads(text, strict=False) for q, text in json.loads(row["raw_response"]).items()}
+        assert list(answers["sc"]) == ["score", "reasoning"] and len(answers["sc"]["score"]) == 1
+        assert len(answers["pq"]["score"]) == 2 and all(0 <= v <= 10 for a in answers.values() for v in a["score"])
+        assert row["semantics"] == answers["sc"]["score"][0] and row["quality"] == min(answers["pq"]["score"])
         assert row["prompt_tokens"] > 2 * 4  # two requests, each with image tokens
-        assert 0 <= row["overall"] <= 10
+        assert row["asks"] == 1 and 0 <= row["overall"] <= 10
+
+
+def test_vllm_asks_again_after_a_bad_answer(tiny_models, tmp_path, monkeypatch):
+    """A first answer cut short (a fault the grammar prevents, so it is injected) is asked again
+    in the same engine; the second answer scores the sample."""
+    import score.engine
+
+    record = score.engine._Running.record
+
+    def cut_first_answers(self, request_id, output):
+        record(self, request_id, output)
+        if self.prepared.asks == 1:
+            name = next(reversed(self.texts))
+            self.texts[name] = self.texts[name][:5]
+
+    monkeypatch.setattr(score.engine._Running, "record", cut_first_answers)
+    config = ScoreConfig(model=str(tiny_models["qwen3vl"]), max_model_len=2048, max_num_seqs=4,
+                         max_tokens=96, enforce_eager=True, window=3)
+    stage = VLLMStage(config, "cpu")
+    try:
+        rows = list(stage.process(_Feed(_shapes(tmp_path, 4, task="t2i", prompt="a shape"))))
+    finally:
+        stage.close()
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["error"] for r in rows]
+    assert {r["asks"] for r in rows} == {2}
+    for row in rows:  # the row holds the second answers, complete
+        assert all(json.loads(t, strict=False)["score"] for t in json.loads(row["raw_response"]).values())
 
 
 def test_parallel_rendering_gives_each_sample_its_own_answers(tiny_models, tmp_path):
