@@ -6,7 +6,8 @@ to judge and, for edits, `source_image` the input image.
 The design-element layout: `jsons/<doc>.json` lists a document's elements
 (`{"elements": [{"id": ..., "type": ...}, ...]}`), `json_detail/<doc>.json` gives details per
 element id (at least its `type`, optionally `image`, a path relative to the layout folder;
-default `images/<doc>/<id>.png`). Text and image elements are not captioned.
+default `images/<doc>/<id>.png`), relative to the layout folder or to --image-root when given.
+Text and image elements are not captioned; `--task auto` captions a layout.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def run_samples(run: Path) -> list[dict]:
     return [{**{f: r[f] for f in fields}, "image_path": str((run / r["image_path"]).resolve())} for r in rows]
 
 
-def layout_samples(root: Path) -> list[dict]:
+def layout_samples(root: Path, image_root: str | None = None) -> list[dict]:
     samples = []
     for layout_file in sorted((root / "jsons").glob("*.json")):
         doc = layout_file.stem
@@ -57,9 +58,10 @@ def layout_samples(root: Path) -> list[dict]:
             info = {**element, **details.get(eid, {})}
             if info.get("type") in SKIPPED_ELEMENTS:
                 continue
-            image = (root / info.get("image", f"images/{doc}/{eid}.png")).resolve()
-            if not image.is_relative_to(root.resolve()):
-                raise InputError(f"{detail_file}: element {eid} image leaves {root}")
+            images = Path(image_root) if image_root else root
+            image = (images / info.get("image", f"images/{doc}/{eid}.png")).resolve()
+            if not image.is_relative_to(images.resolve()):
+                raise InputError(f"{detail_file}: element {eid} image leaves {images}")
             sample_id = f"{doc}/{eid}"
             samples.append({
                 "index": len(samples), "sample_id": sample_id, "key": safe_name(sample_id), "prompt": None,
@@ -71,19 +73,28 @@ def layout_samples(root: Path) -> list[dict]:
     return samples
 
 
-def file_samples(path: str, columns: Columns, image_root: str | None) -> list[dict]:
-    samples = load_samples(path, columns, image_root=image_root)
+def file_samples(path: str, columns: Columns, image_root: str | None, image_store: Path | None) -> list[dict]:
+    samples = load_samples(path, columns, image_root=image_root, image_store=image_store)
     for s in samples:
         if s["image_path"] is None:  # a table with one image column: that is the image judged
             s["image_path"], s["source_image"] = s["source_image"], None
     return samples
 
 
-def score_samples(input_path: str, columns: Columns, image_root: str | None) -> tuple[list[dict], Path]:
-    """Samples and the default output folder for an input."""
+def default_output(input_path: str) -> Path:
+    """Where scores go unless --output-dir says: beside the input (a gen run's own scores/ folder)."""
     path = Path(input_path)
     if path.is_dir() and is_run_dir(path):
-        return run_samples(path), path / "scores"
+        return path / "scores"
+    return path.with_name((path.name if path.is_dir() else path.stem) + "-scores")
+
+
+def score_samples(input_path: str, columns: Columns, image_root: str | None,
+                  image_store: Path | None = None) -> list[dict]:
+    """The samples of an input; images held in its rows are written to `image_store`."""
+    path = Path(input_path)
+    if path.is_dir() and is_run_dir(path):
+        return run_samples(path)
     if path.is_dir() and is_layout(path):
-        return layout_samples(path), path.with_name(path.name + "-scores")
-    return file_samples(input_path, columns, image_root), path.with_name(path.stem + "-scores")
+        return layout_samples(path, image_root)
+    return file_samples(input_path, columns, image_root, image_store)

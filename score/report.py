@@ -3,7 +3,7 @@
 One run: per-category scores, throughput per device and replica, failure reasons, and a
 self-contained HTML page (plots and best/worst samples embedded as data URIs). Two runs: side
 by side, paired by sample key, with per-category differences and win rates. `--gedit DIR`
-exports edit-judge results in GEdit-Bench's column layout.
+exports an edit run in GEdit-Bench's layout and prints its statistics (score/gedit.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from data.manifest import latest_rows, read_manifest
+from score import gedit
 from score.summary import summary_table
 
 VARIED_PARAMS = ("steps", "guidance_scale", "true_cfg_scale", "height", "width", "seed")
@@ -32,9 +33,9 @@ def load_stage(folder: Path) -> pd.DataFrame:
 def load_run(run: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(generation rows, score rows) of a run folder; a bare score folder works too."""
     run = Path(run)
-    gen = load_stage(run / "manifest") if (run / "run.json").exists() else pd.DataFrame()
-    scores_dir = run / "scores" / "manifest" if (run / "scores").is_dir() else run / "manifest"
-    scores = load_stage(scores_dir)
+    is_gen_run = (run / "run.json").exists()
+    gen = load_stage(run / "manifest") if is_gen_run else pd.DataFrame()
+    scores = load_stage(run / "scores" / "manifest" if is_gen_run else run / "manifest")
     if scores.empty and gen.empty:
         raise SystemExit(f"error: no manifest rows under {run}")
     return gen, scores
@@ -86,21 +87,6 @@ def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     rows = {cat: stats(g) for cat, g in both.groupby("category", sort=True)}
     rows["all"] = stats(both)
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def gedit_export(scores: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
-    """GEdit-Bench layout: semantics_score, quality_score, overall_score per sample and category."""
-    ok = scores[scores["status"] == "ok"]
-    samples = pd.DataFrame({
-        "key": ok["key"], "category": ok["category"].fillna("-"), "instruction": ok["prompt"],
-        "semantics_score": ok["semantics"], "quality_score": ok["quality"], "overall_score": ok["overall"],
-    })
-    categories = samples.groupby("category")[["semantics_score", "quality_score", "overall_score"]].mean()
-    categories.loc["average"] = samples[["semantics_score", "quality_score", "overall_score"]].mean()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    samples.to_csv(out_dir / "gedit_samples.csv", index=False)
-    categories.to_csv(out_dir / "gedit_categories.csv")
-    return out_dir / "gedit_samples.csv", out_dir / "gedit_categories.csv"
 
 
 def judge_label(scores: pd.DataFrame) -> str:
@@ -195,6 +181,29 @@ def sample_cards(frame: pd.DataFrame, n: int = 4) -> tuple[str, str]:
     return cards(ok.tail(n).iloc[::-1]), cards(ok.head(n))
 
 
+def gallery(gen: pd.DataFrame, run: Path, n: int = 8) -> str:
+    """HTML cards for the first `n` generated images of a run that has no scores yet (gen's image
+    paths are relative to its run folder)."""
+    parts = []
+    for r in gen[gen["status"] == "ok"].sort_values("index").head(n).itertuples():
+        source = _thumb(r.source_image) if isinstance(r.source_image, str) else ""
+        parts.append(f'<div class="card"><div>{source}{_thumb(str(run / r.image_path))}</div><b>{html.escape(str(r.sample_id))}'
+                     f"</b> ({html.escape(str(r.category))})<br><i>{html.escape(str(r.prompt or ''))}</i></div>")
+    return "".join(parts)
+
+
+def gen_table(gen: pd.DataFrame) -> pd.DataFrame:
+    """Per category: generated samples, ok and failed."""
+    if gen.empty:
+        return pd.DataFrame()
+    ok = gen["status"] == "ok"
+    table = gen.assign(ok=ok, failed=~ok).groupby(gen["category"].fillna("-"))[["ok", "failed"]].sum()
+    table.loc["all"] = table.sum()
+    table.index.name = None
+    table = table.rename(columns={"ok": "n_ok", "failed": "n_failed"})
+    return table.assign(n=table.n_ok + table.n_failed)[["n", "n_ok", "n_failed"]]
+
+
 def _table(frame: pd.DataFrame, title: str) -> str:
     if frame.empty:
         return ""
@@ -205,12 +214,15 @@ def _table(frame: pd.DataFrame, title: str) -> str:
 def render_html(run: Path, gen: pd.DataFrame, scores: pd.DataFrame) -> str:
     frame = joined(gen, scores)
     tables = [
-        _table(summary_table(scores) if not scores.empty else pd.DataFrame(), "Scores per category"),
+        _table(summary_table(scores) if not scores.empty else gen_table(gen), "Scores per category"
+               if not scores.empty else "Generated per category (not scored yet)"),
         _table(pd.concat([throughput(gen, "gen"), throughput(scores, "score")]), "Throughput per device"),
         _table(failures(gen, scores), "Failures"),
     ]
     figures = "".join(f"<h3>{html.escape(t)}</h3><img src='{uri}'>" for t, uri in plots(frame, gen, scores))
     best, worst = sample_cards(frame) if not frame.empty else ("", "")
+    if scores.empty and not gen.empty:  # not scored yet: what generation made
+        best, worst = gallery(gen, run), ""
     style = ("body{font-family:sans-serif;margin:2em}table.t{border-collapse:collapse}"
              "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
              ".card{display:inline-block;width:420px;vertical-align:top;margin:6px;padding:6px;border:1px solid #ccc}"
@@ -227,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m score.report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="one run folder, or two to compare (A then B)")
     parser.add_argument("--out", default=None, help="HTML report path (default: <run>/report.html)")
-    parser.add_argument("--gedit", default=None, help="folder for a GEdit-Bench style CSV export")
+    parser.add_argument("--gedit", default=None, help="export GEdit-Bench's layout (CSVs and images) to this folder "
+                                                      "and print its statistics per language")
+    parser.add_argument("--gedit-model", default=None, help="model name in the GEdit-Bench paths (default: the "
+                                                            "generation model's folder name, or the run's)")
     args = parser.parse_args(argv)
     if len(args.runs) > 2:
         parser.error("give one run, or two to compare")
@@ -243,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 160, "display.float_format", fmt["float_format"]):
         print(f"judge: {judge_label(scores)}")
         for title, frame in (("scores per category", summary_table(scores) if not scores.empty else None),
+                             ("generated per category (not scored yet)", gen_table(gen) if scores.empty else None),
                              ("throughput per device", pd.concat([throughput(gen, "gen"), throughput(scores, "score")])),
                              ("failures", failures(gen, scores))):
             if frame is not None and not frame.empty:
@@ -251,9 +267,30 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(render_html(run, gen, scores), encoding="utf-8")
     print(f"\nreport: {out.resolve()}")
     if args.gedit:
-        for path in gedit_export(scores, Path(args.gedit)):
-            print(f"gedit: {path.resolve()}")
+        return _gedit(run, gen, scores, Path(args.gedit), args.gedit_model)
     return 0
+
+
+def _gedit(run: Path, gen: pd.DataFrame, scores: pd.DataFrame, out: Path, model: str | None) -> int:
+    if scores.empty:
+        print("error: --gedit needs a scored run", file=sys.stderr)
+        return 2
+    model = model or (_name(gen["model"].iloc[0]) if "model" in gen and len(gen) else run.name)
+    try:
+        paths = gedit.export(scores, out, model, _name(scores["judge_model"].iloc[0]))
+        lines = gedit.statistics_lines(scores)
+    except gedit.GEditError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"gedit: {len(paths) - 1} group CSVs and the combined CSV in {paths[0].parent.resolve()}")
+    print(f"judge: {judge_label(scores)}")
+    print("\n".join(lines))
+    return 0
+
+
+def _name(model: str) -> str:
+    """A model id or path as one folder name (`Qwen/Qwen-Image-Edit-2509` -> `Qwen-Image-Edit-2509`)."""
+    return Path(str(model).rstrip("/")).name.replace(":", "-") or "model"
 
 
 if __name__ == "__main__":

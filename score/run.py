@@ -12,15 +12,18 @@ from pathlib import Path
 from data.config import load_yaml, parse_config, to_dict
 from data.manifest import SCORE_SCHEMA, ManifestWriter, latest_status
 from data.rundir import RunDir, RunDirError
-from data.sources import Columns, InputError
+from data.sources import Columns, InputError, only_categories
 from gen.config import GenConfig
 from gen.run import select_todo
 from pool.devices import plan_devices, require_fp8_gpus
 from pool.executor import PoolError, make_executor
 from pool.progress import Progress
 from score.config import RUNTIME_FIELDS, ScoreConfig
-from score.inputs import newest_run, score_samples
+from score.inputs import default_output, is_layout, newest_run, score_samples
+from data.tiny import resolve_model
 from score.judge import Judge, resolve_template
+from score.model_info import context_length
+from score.templates import Template
 from score.summary import print_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,14 +42,40 @@ def run_gen_first(config: ScoreConfig) -> str:
     return gen_config.output_dir
 
 
-def pick_task(config: ScoreConfig, samples: list[dict]) -> str:
+def pick_task(config: ScoreConfig, input_path: str, samples: list[dict]) -> str:
+    """auto: a design layout is captioned; samples with source images are edits; else t2i."""
     if config.task != "auto":
         return config.task
+    if Path(input_path).is_dir() and is_layout(Path(input_path)):
+        return "caption"
     return "edit" if any(s.get("source_image") for s in samples) else "t2i"
 
 
-def identity(config: ScoreConfig) -> dict:
-    return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
+def identity(config: ScoreConfig, template: Template | None = None) -> dict:
+    """What makes scores comparable: the config's output-changing fields and the template version."""
+    fields = {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
+    return {**fields, "template": f"{template.name} v{template.version}"} if template else fields
+
+
+def print_prompts(template: Template, sample: dict) -> None:
+    """The exact messages of each question for one sample: what the judge is asked, word for word."""
+    judge = Judge(ScoreConfig(), template, tokenizer=None)
+    paths = {"source": sample.get("source_image"), "image": sample.get("image_path")}
+    print(f"template {template.name} v{template.version}, sample {sample['sample_id']}")
+    for q in template.questions:
+        print(f"\n=== question {q.name} ===")
+        for message in judge.messages(q, sample.get("prompt") or ""):
+            print(f"--- {message['role']} ---")
+            if isinstance(message["content"], str):
+                print(message["content"])
+                continue
+            slots = iter(q.images)
+            for part in message["content"]:
+                if part["type"] == "image":
+                    role = next(slots)
+                    print(f"<image: {role} = {paths[role]}>")
+                else:
+                    print(part["text"])
 
 
 def replica_devices(config: ScoreConfig) -> list[str] | None:
@@ -69,6 +98,14 @@ def check_quantize(config: ScoreConfig, devices: list[str] | None) -> None:
     require_fp8_gpus(devices)
 
 
+def fit_context(config: ScoreConfig) -> ScoreConfig:
+    """--max-model-len within the judge's own limit, said in one line when lowered."""
+    length, note = context_length(resolve_model(config.model), config.max_model_len)
+    if note:
+        print(f"score: {note}", file=sys.stderr)
+    return dataclasses.replace(config, max_model_len=length)
+
+
 def replica_config(config: ScoreConfig) -> ScoreConfig:
     """What one replica sees: replicas sharing a GPU split its memory share."""
     share = config.gpu_memory_utilization / config.replicas_per_gpu
@@ -79,21 +116,28 @@ def run(config: ScoreConfig) -> int:
     input_path = run_gen_first(config) if config.gen_config else (config.input or str(newest_run()))
     columns = Columns(config.id_column, config.prompt_column, config.source_column, config.category_column,
                       config.image_column)
-    samples, default_out = score_samples(input_path, columns, config.image_root)
+    out = Path(config.output_dir or default_output(input_path))
+    samples = score_samples(input_path, columns, config.image_root, image_store=out / "inputs")
+    samples = only_categories(samples, config.categories)
     end = None if config.num_samples is None else config.offset + config.num_samples
     samples = samples[config.offset:end]
-    task = pick_task(config, samples)
+    task = pick_task(config, input_path, samples)
     template = resolve_template(config, task)
     for s in samples:
         s["task"] = task
-    out = Path(config.output_dir or default_out)
+    if config.print_prompts:
+        if not samples:
+            raise InputError(f"{input_path}: no samples to show prompts for")
+        print_prompts(template, samples[0])
+        return 0
+    config = fit_context(config)
     devices = replica_devices(config)
     check_quantize(config, devices)
     rundir = RunDir(out, config_name="score.json")
     rundir.lock()
     try:
-        rundir.check_config(identity(config), config.force, identity(ScoreConfig()))
-        rundir.save_config(to_dict(config), identity(config))
+        rundir.check_config(identity(config, template), config.force, identity(ScoreConfig()))
+        rundir.save_config(to_dict(config), identity(config, template))
         manifest = out / "manifest"
         writer = ManifestWriter(manifest, SCORE_SCHEMA)
         todo = select_todo(samples, latest_status(manifest), config.retry_failed)
@@ -123,13 +167,18 @@ def _row_handler(config: ScoreConfig, writer: ManifestWriter):
     def on_row(row: dict) -> None:
         writer.add(row)
         if config.print_samples:
-            score = row.get("overall")
-            shown = f"{score:.2f}" if isinstance(score, float) else (row.get("caption") or "-")
-            response = (row.get("raw_response") or row.get("error") or "")[:200]
-            print(f"[Sample {row['index']}] Score: {shown} | Response: {response}", flush=True)
+            print(sample_line(row), flush=True)
         if config.write_txt and row.get("status") == "ok" and row.get("caption") is not None:
             Path(row["image_path"]).with_suffix(".txt").write_text(row["caption"] + "\n", encoding="utf-8")
     return on_row
+
+
+def sample_line(row: dict) -> str:
+    """The seeds' per-sample line: `[Sample    3] Score: 8.50 | Response: <the judge's reasoning>`."""
+    score = row.get("overall")
+    shown = f"{score:.2f}" if isinstance(score, float) else "-"
+    response = row.get("reasoning") or row.get("caption") or f"failed: {row.get('error')}"
+    return f"[Sample {row['index']:>4}] Score: {shown} | Response: {' '.join(str(response).split())}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from helpers import ROOT, run_cli
 
 def _cell(html_text: str, table: str, row: str, column: str) -> str:
     """The text of one cell of a report table (pandas to_html layout)."""
-    block = re.search(rf'<div data-table="{table}">(.*?)</div>', html_text, re.S).group(1)
+    block = re.search(rf'<div data-table="{re.escape(table)}">(.*?)</div>', html_text, re.S).group(1)
     header = re.findall(r"<th>(.*?)</th>", block.split("</thead>")[0])
     for tr in re.findall(r"<tr>(.*?)</tr>", block.split("<tbody>")[1], re.S):
         head = re.search(r"<th>(.*?)</th>", tr).group(1)
@@ -33,8 +33,13 @@ def test_report_tables_match_the_parquet_and_embed_images(scored_run, tmp_path):
         assert _cell(text, "Scores per category", category, "n") == str(len(group))
         assert _cell(text, "Scores per category", category, "overall_mean") == f"{group['overall'].mean():.2f}"
         assert _cell(text, "Scores per category", category, "quality_mean") == f"{group['quality'].mean():.2f}"
-    assert _cell(text, "Scores per category", "all", "ok") == str((scores["status"] == "ok").sum())
-    assert "tiny:qwen3vl | template viescore-t2i v1" in text
+    micro, macro = "all (micro: mean over samples)", "all (macro: mean of category means)"
+    assert _cell(text, "Scores per category", micro, "n_ok") == str((scores["status"] == "ok").sum())
+    assert _cell(text, "Scores per category", micro, "n_failed") == str((scores["status"] == "failed").sum())
+    ok = scores[scores["status"] == "ok"]
+    assert _cell(text, "Scores per category", macro, "overall_mean") == \
+        f"{ok.groupby('category')['overall'].mean().mean():.2f}"
+    assert "tiny:qwen3vl | template viescore-t2i v2" in text
     assert text.count("data:image/png;base64,") >= 2 + 8  # plots + best/worst thumbnails
     assert "scores per category" in proc.stdout and str(out.resolve()) in proc.stdout
 
@@ -61,16 +66,6 @@ def test_compare_two_runs(scored_run, tmp_path):
     assert math.isclose(float(lines["all"][4]), 1.5 / 3, abs_tol=0.01)
 
 
-def test_gedit_export(scored_run, tmp_path):
-    run_cli("score.report", str(scored_run), "--out", str(tmp_path / "r.html"), "--gedit", str(tmp_path / "g"))
-    samples = pd.read_csv(tmp_path / "g" / "gedit_samples.csv")
-    categories = pd.read_csv(tmp_path / "g" / "gedit_categories.csv", index_col=0)
-    assert {"semantics_score", "quality_score", "overall_score"} <= set(samples.columns) and len(samples) == 9
-    means = samples.groupby("category")["overall_score"].mean()
-    assert all(math.isclose(categories.loc[c, "overall_score"], m) for c, m in means.items())
-    assert math.isclose(categories.loc["average", "overall_score"], samples["overall_score"].mean())
-
-
 def test_notebook_runs_against_a_run(scored_run, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
@@ -82,3 +77,14 @@ def test_notebook_runs_against_a_run(scored_run, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+
+
+def test_report_of_a_run_not_scored_yet(scored_run, tmp_path):
+    run = tmp_path / "gen-only"
+    shutil.copytree(scored_run, run, ignore=shutil.ignore_patterns("scores"))
+    proc = run_cli("score.report", str(run), "--out", str(tmp_path / "g.html"))
+    assert "judge: no scores" in proc.stdout and "generated per category (not scored yet)" in proc.stdout
+    gen = pd.read_parquet(run / "manifest")
+    assert _cell((tmp_path / "g.html").read_text(), "Generated per category (not scored yet)", "all", "n_ok") == \
+        str((gen["status"] == "ok").sum())
+    assert (tmp_path / "g.html").read_text().count("data:image/png;base64,") >= 8  # the generated images

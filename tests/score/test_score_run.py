@@ -32,13 +32,15 @@ def test_edit_scores_on_two_replicas(edit_pairs, tmp_path, tiny_models):
     assert set(frame["task"]) == {"edit"} and set(frame["template"]) == {"viescore-edit"}
     for row in frame.itertuples():
         answers = {q: json.loads(text, strict=False) for q, text in json.loads(row.raw_response).items()}
-        sc = min(answers["sc"]["editing_success"], answers["sc"]["over_editing"])
-        pq_ = min(answers["pq"]["naturalness"], answers["pq"]["artifacts"])
-        assert all(0 <= v <= 10 for a in answers.values() for k, v in a.items() if k != "reasoning")
+        sc, pq_ = min(answers["sc"]["score"]), min(answers["pq"]["score"])
+        assert all(len(a["score"]) == 2 and all(0 <= v <= 10 for v in a["score"]) for a in answers.values())
         assert (row.semantics, row.quality) == (sc, pq_)
         assert math.isclose(row.overall, math.sqrt(sc * pq_))
         assert row.prompt_tokens > 0 and row.output_tokens > 0
-    assert proc.stdout.count("[Sample ") == 16 and "| Response: " in proc.stdout
+        # the seeds' line: index right-aligned in 4, the overall score with 2 decimals, the reasoning
+        reasoning = " ".join(row.reasoning.split())
+        assert f"[Sample {row.index:>4}] Score: {row.overall:.2f} | Response: {reasoning}" in proc.stdout
+    assert proc.stdout.count("[Sample ") == 16
     for category in ("physical", "environment", "social", "causal", "referential"):
         assert category in proc.stdout  # per-category summary
 
