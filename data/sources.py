@@ -20,7 +20,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 PROMPT_COLUMNS = ("prompt", "instruction", "text", "caption", "edit_instruction")
 IMAGE_COLUMNS = ("source_image", "input_image", "image", "image_path", "path", "file_name")
 CATEGORY_COLUMNS = ("category", "task_type", "type")
-ID_COLUMNS = ("sample_id", "id", "key", "uid")
+ID_COLUMNS = ("sample_id", "id", "image_id", "key", "uid")
 
 
 class InputError(ValueError):
@@ -103,7 +103,7 @@ def _read_saved_dataset(p: Path) -> list[dict]:
     ds = datasets.load_from_disk(str(p))
     if isinstance(ds, datasets.DatasetDict):
         ds = ds[next(iter(ds))]
-    return list(ds)
+    return _dataset_records(ds)
 
 
 def _read_hub_dataset(name: str) -> list[dict]:
@@ -113,6 +113,16 @@ def _read_hub_dataset(name: str) -> list[dict]:
         ds = datasets.load_dataset(name, split="train")
     except Exception as exc:  # the hub may be unreachable: say so plainly
         raise InputError(f"could not load dataset {name!r}: {exc}") from exc
+    return _dataset_records(ds)
+
+
+def _dataset_records(ds) -> list[dict]:
+    """Rows with `Image()` columns left undecoded ({"bytes", "path"}): stored as files, not re-encoded."""
+    import datasets
+
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(name, datasets.Image(decode=False))
     return list(ds)
 
 
@@ -134,12 +144,16 @@ def _pick(record: dict, explicit: str | None, candidates: tuple[str, ...], what:
     return next((c for c in candidates if c in record), None)
 
 
-def resolve_path(value: Any, base: Path, root: Path | None) -> str | None:
-    """An input file's image reference as an absolute path, refused if it leaves its folder."""
+def resolve_path(value: Any, base: Path, root: Path | None, store: Path | None = None) -> str | None:
+    """An input's image as an absolute path: a path (refused if it leaves its folder), or an image
+    held in the row itself (PIL image, encoded bytes, a `datasets` {"bytes", "path"} dict), which
+    is written once to `store` under its content hash."""
     if value is None or value == "":
         return None
-    if isinstance(value, dict) and "path" in value:  # a `datasets` Image feature without decoding
-        value = value["path"]
+    if isinstance(value, dict) and value.get("bytes") is None and value.get("path"):
+        value = value["path"]  # a `datasets` Image that points to a file
+    if isinstance(value, (bytes, bytearray, dict)) or hasattr(value, "save"):
+        return str(store_image(value, store or base / ".genscore-inputs"))
     if "\0" in str(value):
         raise InputError(f"image path {value!r} contains a NUL byte")
     path = Path(str(value))
@@ -152,9 +166,39 @@ def resolve_path(value: Any, base: Path, root: Path | None) -> str | None:
     return str(full)
 
 
+def store_image(value: Any, store: Path) -> Path:
+    """An image held in a row, saved as `store/<sha1 of its bytes>.<format>` (once: reruns find it)."""
+    import io
+    import os
+
+    from PIL import Image, UnidentifiedImageError
+
+    if hasattr(value, "save"):  # a decoded PIL image: PNG keeps its pixels
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    else:
+        data = bytes(value["bytes"] if isinstance(value, dict) else value)
+        if not data:
+            raise InputError("an image column holds an empty image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            suffix = "." + (image.format or "png").lower()
+    except UnidentifiedImageError:
+        raise InputError("an image column holds bytes that are not an image") from None
+    path = store / f"{hashlib.sha1(data).hexdigest()[:20]}{suffix}"
+    if not path.exists():
+        store.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
 def load_samples(path: str | Path, columns: Columns, num_samples: int | None = None, offset: int = 0,
-                 image_root: str | None = None) -> list[dict]:
-    """Samples of an input, in input order, `offset`/`num_samples` applied after indexing."""
+                 image_root: str | None = None, image_store: Path | None = None) -> list[dict]:
+    """Samples of an input, in input order, `offset`/`num_samples` applied after indexing. Images held
+    in the rows (datasets `Image()` columns, bytes) are written to `image_store`."""
     p = Path(path)
     is_image_folder = p.is_dir() and not ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists())
     records = read_image_folder(p) if is_image_folder else read_records(p)
@@ -163,15 +207,18 @@ def load_samples(path: str | Path, columns: Columns, num_samples: int | None = N
     if not records:
         raise InputError(f"{path}: no rows")
     names = _column_names(records[0], columns)
-    samples = [_sample(i, r, names, base, root) for i, r in enumerate(records)]
+    samples = [_sample(i, r, names, base, root, image_store) for i, r in enumerate(records)]
     _check_unique(samples, path)
     end = None if num_samples is None else offset + num_samples
     return samples[offset:end]
 
 
 def _column_names(first: dict, columns: Columns) -> dict[str, str | None]:
+    if columns.id and "," in columns.id:  # several columns make the id together, e.g. key,instruction_language
+        for part in columns.id.split(","):
+            _pick(first, part, (), "--id-column")
     names = {
-        "id": _pick(first, columns.id, ID_COLUMNS, "--id-column"),
+        "id": columns.id if columns.id and "," in columns.id else _pick(first, columns.id, ID_COLUMNS, "--id-column"),
         "prompt": _pick(first, columns.prompt, PROMPT_COLUMNS, "--prompt-column"),
         "image": _pick(first, columns.image, IMAGE_COLUMNS, "--image-column"),
         "category": _pick(first, columns.category, CATEGORY_COLUMNS, "--category-column"),
@@ -183,12 +230,15 @@ def _column_names(first: dict, columns: Columns) -> dict[str, str | None]:
     return names
 
 
-def _sample(index: int, record: dict, names: dict[str, str | None], base: Path, root: Path | None) -> dict:
+def _sample(index: int, record: dict, names: dict[str, str | None], base: Path, root: Path | None,
+            store: Path | None) -> dict:
     def get(role: str) -> Any:
+        if names[role] and "," in names[role]:
+            return "_".join(str(record.get(part)) for part in names[role].split(","))
         return record.get(names[role]) if names[role] else None
 
     sample_id = str(get("id")) if get("id") not in (None, "") else f"{index:06d}"
-    used = {n for n in names.values() if n}
+    used = {n for n in names.values() if n and "," not in n}  # a composite id's parts stay in `extra`
     extra = {k: v for k, v in record.items() if k not in used and _is_plain(v)}
     prompt = get("prompt")
     category = get("category")
@@ -197,14 +247,17 @@ def _sample(index: int, record: dict, names: dict[str, str | None], base: Path, 
         "sample_id": sample_id,
         "key": safe_name(sample_id),
         "prompt": None if prompt is None else str(prompt),
-        "source_image": resolve_path(get("image"), base, root),
-        "image_path": resolve_path(get("generated"), base, root),
+        "source_image": resolve_path(get("image"), base, root, store),
+        "image_path": resolve_path(get("generated"), base, root, store),
         "category": None if category in (None, "") else str(category),
         "extra": json.dumps(extra, ensure_ascii=False, default=str) if extra else None,
     }
 
 
 def _is_plain(value: Any) -> bool:
+    """A value worth keeping in `extra` (JSON): not an image held in the row."""
+    if isinstance(value, dict) and "bytes" in value:
+        return False
     return value is None or isinstance(value, (str, int, float, bool, list, dict))
 
 
@@ -217,3 +270,16 @@ def _check_unique(samples: list[dict], path: str | Path) -> None:
                 "sample ids must be unique: fix the input or choose another --id-column"
             )
         seen[s["key"]] = s["index"]
+
+
+def only_categories(samples: list[dict], categories: str | None) -> list[dict]:
+    """The samples of the named categories (comma-separated), in input order; an unknown name is an error."""
+    if not categories:
+        return samples
+    wanted = [c.strip() for c in categories.split(",") if c.strip()]
+    present = {s["category"] for s in samples}
+    unknown = [c for c in wanted if c not in present]
+    if unknown:
+        raise InputError(f"--categories: {', '.join(unknown)} not in the input; its categories: "
+                         f"{', '.join(sorted(str(c) for c in present))}")
+    return [s for s in samples if s["category"] in wanted]

@@ -13,12 +13,15 @@ def _f(default, help: str):
 @dataclass
 class GenConfig:
     task: Literal["t2i", "edit"] = _f("t2i", "text-to-image, or edit (source image + instruction)")
-    model: str = _f("tiny:t2i", "diffusers pipeline: hub id, local path, or tiny:t2i / tiny:edit")
+    model: str | None = _f(None, "diffusers pipeline: hub id, local path, or tiny:t2i / tiny:edit (default: the "
+                                 "tiny one for the task)")
     input: str = _f("data/samples/prompts.jsonl", "CSV, JSONL, Parquet, datasets folder/name, or image folder")
     id_column: str | None = _f(None, "column with the sample id (default: id/sample_id, else the row index)")
     prompt_column: str | None = _f(None, "column with the prompt or instruction")
     image_column: str | None = _f(None, "column with the source image path (edit)")
     category_column: str | None = _f(None, "column with the category")
+    categories: str | None = _f(None, "run only these categories, comma-separated, as the input spells them "
+                                      "(e.g. 物理,环境)")
     image_root: str | None = _f(None, "folder that relative image paths resolve under (default: the input's)")
     num_samples: int | None = _f(None, "run only this many samples")
     offset: int = _f(0, "skip this many samples first (seeds keep their input position)")

@@ -32,15 +32,18 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, DTYPES[name])
 
 
-def check_model(model: str) -> None:
-    """Fail fast, in the parent, on a model that can be neither a local folder nor a hub id."""
+def check_model(model: str, task: str) -> None:
+    """Fail fast, in the parent: a model that can be neither a local folder nor a hub id, or a
+    pipeline that cannot do the task."""
     path = Path(model)
     if path.exists():
         if not (path / "model_index.json").exists():
             raise ValueError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
-        return
-    if model.startswith(("/", ".", "~")) or model.count("/") != 1:
+    elif model.startswith(("/", ".", "~")) or model.count("/") != 1:
         raise ValueError(f"model not found: {model!r} is neither a local pipeline folder nor a hub id (org/name)")
+    cls = pipeline_class(model)
+    if cls is not None:
+        check_task(cls, task)
 
 
 def load_pipeline(model: str, dtype: str, device: str, cpu_offload: bool = False,
@@ -189,19 +192,39 @@ class Params:
     extra: dict[str, Any]
 
 
+def check_task(pipeline_class: type, task: str) -> set[str]:
+    """The call's parameter names, once the pipeline is known to fit the task."""
+    accepts = set(inspect.signature(pipeline_class.__call__).parameters)
+    name = pipeline_class.__name__
+    if task == "edit" and "image" not in accepts:
+        raise ValueError(f"{name} takes no input image, so it cannot edit; use --task t2i")
+    if task == "t2i" and "image" in accepts and name.endswith(("EditPipeline", "EditPlusPipeline")):
+        raise ValueError(f"{name} edits images; use --task edit with a source image column")
+    return accepts
+
+
+def pipeline_class(model: str) -> type | None:
+    """The pipeline class a model folder (or a cached hub id) names in model_index.json; None when
+    it cannot be read here (then the worker checks once it has loaded the pipeline)."""
+    import diffusers
+
+    index = Path(model) / "model_index.json"
+    try:
+        name = json.loads(index.read_text())["_class_name"] if index.exists() else \
+            diffusers.DiffusionPipeline.load_config(model)["_class_name"]
+    except Exception:  # noqa: BLE001 - offline hub id, custom pipeline: decided in the worker
+        return None
+    return getattr(diffusers, name, None)
+
+
 class TaskAdapter:
     """Maps a batch of samples onto one call of a pipeline for `task`."""
 
     def __init__(self, pipe, task: str):
         self.pipe = pipe
         self.task = task
-        self.accepts = set(inspect.signature(pipe.__call__).parameters)
-        name = type(pipe).__name__
-        if task == "edit" and "image" not in self.accepts:
-            raise ValueError(f"{name} takes no input image, so it cannot edit; use --task t2i")
-        if task == "t2i" and "image" in self.accepts and name.endswith(("EditPipeline", "EditPlusPipeline")):
-            raise ValueError(f"{name} edits images; use --task edit with a source image column")
-        self.max_batch = 1 if name in SINGLE_SAMPLE else None
+        self.accepts = check_task(type(pipe), task)
+        self.max_batch = 1 if type(pipe).__name__ in SINGLE_SAMPLE else None
 
     def __call__(self, prompts: list[str], images: list | None, generators: list, params: Params) -> list[np.ndarray]:
         kwargs: dict[str, Any] = {

@@ -5,13 +5,14 @@ With no arguments it runs `configs/demo.yaml` (tiny offline model, bundled promp
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 from data.config import parse_config, to_dict
 from data.manifest import GEN_SCHEMA, ManifestWriter, latest_status
 from data.rundir import RunDir, RunDirError
-from data.sources import Columns, InputError, load_samples
+from data.sources import Columns, InputError, load_samples, only_categories
 from data.tiny import resolve_model
 from gen.config import RUNTIME_FIELDS, GenConfig
 from gen.pipeline import check_model
@@ -22,6 +23,7 @@ from pool.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+DEFAULT_MODELS = {"t2i": "tiny:t2i", "edit": "tiny:edit"}
 
 
 def select_todo(samples: list[dict], done: dict[str, tuple[str, int]], retry_failed: bool) -> list[dict]:
@@ -42,9 +44,12 @@ def identity(config: GenConfig) -> dict:
 def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
     """Run generation; returns the process exit code. `stage` ("module:Class") is what each
     worker runs: GenStage, or a subclass (tests use one to raise faults they cannot cause)."""
-    check_model(resolve_model(config.model))
+    config = dataclasses.replace(config, model=config.model or DEFAULT_MODELS[config.task])
+    check_model(resolve_model(config.model), config.task)
     columns = Columns(config.id_column, config.prompt_column, config.image_column, config.category_column)
-    samples = load_samples(config.input, columns, config.num_samples, config.offset, config.image_root)
+    samples = load_samples(config.input, columns, config.num_samples, config.offset, config.image_root,
+                           image_store=Path(config.output_dir) / "inputs")
+    samples = only_categories(samples, config.categories)
     # Ray without --devices: every GPU of the cluster, counted there rather than on this machine
     ray_cluster = config.engine == "ray" and not config.devices
     devices = None if ray_cluster else plan_devices(config.devices, config.gpus)
