@@ -1,5 +1,5 @@
 """Scoring throughput: genscore's `score.run` against raw `vllm.LLM.generate` and the transformers
-baseline, on a Qwen3-VL-8B-shaped model with random (dummy) weights, in one job.
+baseline, on a Qwen3-VL-8B- or 30B-A3B-shaped model (--shape) with random (dummy) weights, in one job.
 
     python benchmarks/score_bench.py --images 512 --size 512 --hf-images 32
 
@@ -8,7 +8,8 @@ for raw vLLM) + a ~150-character prompt per request, exactly 64 output tokens (i
 - ours:  score.run end to end (a replica process, streaming input, background decode, shards
          written as results finish); images/s over the span from the first request to the
          last row, plus the wall time including engine start-up.
-- raw:   one LLM.generate call over the same prompts with in-memory images.
+- raw:   one LLM.generate call over the same prompts with in-memory images, vLLM's own batch limit.
+- raw1:  the same with one OpenMP thread (OMP_NUM_THREADS=1), as genscore's GPU replicas run.
 - engine: the same engine fed requests rendered beforehand (all added at once, then stepped to the
          end): the GPU's ceiling with the front-end taken away; its render time is reported apart.
 - hf:    score.run --backend transformers, batch 4 (what users run today), on --hf-images images.
@@ -58,28 +59,40 @@ QWEN3_VL_8B = {
 }
 
 
-def build_model_dir(out: Path, layers: int | None = None) -> Path:
-    """Real Qwen3-VL-8B config + the tiny tokenizer and a Qwen3-VL-8B-sized processor; no weights.
+# Qwen/Qwen3-VL-30B-A3B-Instruct's architecture (the seeds' judge): a mixture of 128 experts, 8 active.
+QWEN3_VL_30B_A3B = {
+    "text_config": dict(QWEN3_VL_8B["text_config"], hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
+                        num_attention_heads=32, num_key_value_heads=4, num_experts=128, num_experts_per_tok=8,
+                        moe_intermediate_size=768, decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True),
+    "vision_config": dict(QWEN3_VL_8B["vision_config"], out_hidden_size=2048),
+}
+SHAPES = {"8b": (QWEN3_VL_8B, "Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
+          "30b-a3b": (QWEN3_VL_30B_A3B, "Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration")}
+
+
+def build_model_dir(out: Path, layers: int | None = None, shape: str = "8b") -> Path:
+    """A real Qwen3-VL config (8B or 30B-A3B) + the tiny tokenizer and a real-sized processor; no weights.
 
     layers: keep only this many text layers and vision blocks (same widths, same processor), so
     that the GPU's share of each request is small and the front-end and host become the limit.
     """
-    from transformers import Qwen3VLConfig
+    import transformers
 
     from data import tiny
 
+    spec, config_class, architecture = SHAPES[shape]
     tok = tiny.build_tokenizer(out)
     ids = tiny.token_ids(tok)
-    text = dict(QWEN3_VL_8B["text_config"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"],
+    text = dict(spec["text_config"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"],
                 bos_token_id=ids["bos_token_id"])
-    vision = dict(QWEN3_VL_8B["vision_config"])
+    vision = dict(spec["vision_config"])
     if layers:
         # deepstack feeds one text layer per listed vision block, so at most `layers` of them
         text["num_hidden_layers"], vision["depth"] = layers, layers
         vision["deepstack_visual_indexes"] = list(range(layers))[-3:]
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False,
-                           **tiny.vision_token_ids(ids))
-    config.architectures = ["Qwen3VLForConditionalGeneration"]  # else vLLM picks the pooling model
+    config = getattr(transformers, config_class)(text_config=text, vision_config=vision, tie_word_embeddings=False,
+                                                 **tiny.vision_token_ids(ids))
+    config.architectures = [architecture]  # else vLLM picks the pooling model
     config.save_pretrained(out)
     tiny.save_qwen3vl_processor(out, tok, min_pixels=65536, max_pixels=16777216)  # Qwen3-VL-8B's own bounds
     return out
@@ -194,8 +207,9 @@ def run_ours(model: str, manifest: Path, out: Path, args, monitor: Monitor, **ov
             "output_tokens": float(ok["output_tokens"].mean())}
 
 
-def raw_engine(model: str, manifest: Path, args):
-    """A bare vLLM engine with our engine settings, the in-memory images, and our prompt."""
+def raw_engine(model: str, manifest: Path, args, as_users_run_it: bool = False):
+    """A bare vLLM engine with our engine settings, the in-memory images, and our prompt; with
+    `as_users_run_it`, vLLM's own max_num_seqs unless --max-num-seqs names one."""
     from PIL import Image
     from vllm import LLM, SamplingParams
 
@@ -210,7 +224,10 @@ def raw_engine(model: str, manifest: Path, args):
     if device == "cpu":
         set_cpu_kv_cache(config)  # as our replica does
     start = time.time()
-    llm = LLM(**{**engine_args(config, device, 1), **args.engine_kwargs})
+    kwargs = engine_args(config, device, 1)
+    if as_users_run_it and not args.max_num_seqs:
+        kwargs.pop("max_num_seqs", None)
+    llm = LLM(**{**kwargs, **args.engine_kwargs})
     startup = time.time() - start
     judge = Judge(config, caption_template(PROMPT), llm.get_tokenizer())
     prompt = judge.prepare({"image_path": str(folder / "00000.png")}).requests[0].prompt  # ours, word for word
@@ -219,8 +236,14 @@ def raw_engine(model: str, manifest: Path, args):
     return llm, requests, params, startup
 
 
-def run_raw(model: str, manifest: Path, args, monitor: Monitor) -> dict:
-    llm, requests, params, startup = raw_engine(model, manifest, args)
+def run_raw(model: str, manifest: Path, args, monitor: Monitor, omp_threads: int | None = None) -> dict:
+    """One LLM.generate call as users run it; omp_threads=1: with one OpenMP thread, as our replicas run."""
+    if omp_threads:  # the engine core process is spawned after this, with this environment
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(omp_threads)
+        torch.set_num_threads(omp_threads)
+    llm, requests, params, startup = raw_engine(model, manifest, args, as_users_run_it=True)
     t0 = time.time()
     outputs = llm.generate(requests, params, use_tqdm=False)
     elapsed = time.time() - t0
@@ -251,7 +274,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--hf-images", type=int, default=32)
-    parser.add_argument("--max-num-seqs", type=int, default=None, help="default: vLLM's (1024 on an H100)")
+    parser.add_argument("--max-num-seqs", type=int, default=None,
+                        help="all modes (default: score.run's own for ours and engine, vLLM's for raw)")
+    parser.add_argument("--shape", default="8b", choices=sorted(SHAPES),
+                        help="the bench's own model: Qwen3-VL-8B or Qwen3-VL-30B-A3B (the seeds' judge)")
     parser.add_argument("--mm-processor-cache-gb", type=float, default=0,
                         help="score.run's flag, also given to raw and engine (>0: one rendering thread in ours)")
     parser.add_argument("--quantize", default="none", choices=["none", "fp8"],
@@ -277,8 +303,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="score-bench-"))
     # A fixed folder, not a temporary one: vLLM's compile cache is keyed by the model path, so a
     # second run then measures a warm start, as a user's second run on the same model would.
-    shape = "qwen3-vl-8b-shape" + (f"-{args.layers}-layers" if args.layers else "")
-    model = args.model or str(build_model_dir(Path.home() / ".cache" / "genscore-bench" / shape, args.layers))
+    shape = f"qwen3-vl-{args.shape}-shape" + (f"-{args.layers}-layers" if args.layers else "")
+    model = args.model or str(build_model_dir(Path.home() / ".cache" / "genscore-bench" / shape, args.layers,
+                                              args.shape))
     manifest = write_images(work / "images", args.images, args.size, args.distinct_images)
     result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens",
                     "distinct_images": args.distinct_images or args.images, "model": args.model or shape,
@@ -300,6 +327,8 @@ def run_modes(modes: list[str], model: str, manifest: Path, work: Path, args, mo
         result["ours"] = run_ours(model, manifest, work / "ours", args, monitor, **overrides)
     if "raw" in modes:
         result["raw_vllm"] = run_raw(model, manifest, args, monitor)
+    if "raw1" in modes:  # last among the raw modes: it sets this process's OpenMP threads to 1
+        result["raw_vllm_omp1"] = run_raw(model, manifest, args, monitor, omp_threads=1)
     if "engine" in modes:
         result["engine_only"] = run_engine_only(model, manifest, args, monitor)
     if "hf" in modes:
@@ -307,8 +336,10 @@ def run_modes(modes: list[str], model: str, manifest: Path, work: Path, args, mo
         hf_manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[: args.hf_images]))
         result["transformers"] = run_ours(model, hf_manifest, work / "hf", args, monitor, backend="transformers",
                                           batch_size=4)
-    if "ours" in result and "raw_vllm" in result:
-        result["ours_vs_raw"] = result["ours"]["images_per_s"] / result["raw_vllm"]["images_per_s"]
+    for raw in ("raw_vllm", "raw_vllm_omp1"):
+        if "ours" in result and raw in result:
+            result[f"ours_vs_{raw.removeprefix('raw_vllm').strip('_') or 'raw'}"] = \
+                result["ours"]["images_per_s"] / result[raw]["images_per_s"]
     if "ours" in result and "transformers" in result:
         result["ours_vs_transformers"] = result["ours"]["images_per_s"] / result["transformers"]["images_per_s"]
 
