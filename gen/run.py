@@ -17,7 +17,7 @@ from data.tiny import resolve_model
 from gen.config import RUNTIME_FIELDS, GenConfig
 from gen.pipeline import check_model
 from gen.worker import failed_row
-from pool.devices import plan_devices, require_fp8_gpus
+from pool.devices import describe, plan_devices, require_fp8_gpus
 from pool.executor import PoolError, make_executor
 from pool.progress import Progress
 
@@ -37,6 +37,23 @@ def select_todo(samples: list[dict], done: dict[str, tuple[str, int]], retry_fai
     return todo
 
 
+def resolve_size(config: GenConfig) -> GenConfig:
+    """t2i: 1024x1024 unless given. edit: --height/--width force a size, --area sets one per source
+    image, and neither lets the pipeline follow the source (its own area, its own rounding)."""
+    if (config.height is None) != (config.width is None):
+        raise ValueError("give both --height and --width, or neither")
+    if config.area is not None:
+        if config.area <= 0:
+            raise ValueError(f"--area takes a positive number of pixels (e.g. 1048576), not {config.area}")
+        if config.task != "edit":
+            raise ValueError("--area follows the source image's aspect ratio: it applies to --task edit")
+        if config.height is not None:
+            raise ValueError("--area sets the size from each source image; give it or --height/--width, not both")
+    if config.task == "t2i" and config.height is None:
+        return dataclasses.replace(config, height=1024, width=1024)
+    return config
+
+
 def identity(config: GenConfig) -> dict:
     return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
 
@@ -44,7 +61,7 @@ def identity(config: GenConfig) -> dict:
 def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
     """Run generation; returns the process exit code. `stage` ("module:Class") is what each
     worker runs: GenStage, or a subclass (tests use one to raise faults they cannot cause)."""
-    config = dataclasses.replace(config, model=config.model or DEFAULT_MODELS[config.task])
+    config = resolve_size(dataclasses.replace(config, model=config.model or DEFAULT_MODELS[config.task]))
     check_model(resolve_model(config.model), config.task)
     columns = Columns(config.id_column, config.prompt_column, config.image_column, config.category_column)
     samples = load_samples(config.input, columns, config.num_samples, config.offset, config.image_root,
@@ -64,7 +81,7 @@ def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
         writer = ManifestWriter(manifest, GEN_SCHEMA)
         todo = select_todo(samples, latest_status(manifest), config.retry_failed)
         print(f"gen: {len(samples)} samples, {len(samples) - len(todo)} already done, "
-              f"{len(todo)} to run on {', '.join(devices or ['every GPU of the Ray cluster'])}", file=sys.stderr)
+              f"{len(todo)} to run on {describe(devices) if devices else 'every GPU of the Ray cluster'}", file=sys.stderr)
         progress = Progress(len(todo), config.progress, unit="img")
         if todo:
             executor = make_executor(
@@ -72,6 +89,7 @@ def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
                 stage_path=stage, config=config, devices=devices, on_row=writer.add,
                 failed_row=lambda item, reason: failed_row(item, config, reason),
                 max_retries=config.max_retries, serial_load=config.serial_load, progress=progress,
+                log_dir=None if config.verbose else str(Path(config.output_dir) / "logs"),
             )
             try:
                 executor.run(todo)

@@ -1,13 +1,42 @@
 """Which devices a run uses: `--devices cpu,cpu`, `--gpus 0 1`, or every visible GPU.
 
 A device string names one worker's hardware: `cpu`, `cuda:3`, or a tensor-parallel group
-`cuda:0+1`. Only the executor turns these into process environments.
+`cuda:0+1`. Indexes count the GPUs the parent may see: under CUDA_VISIBLE_DEVICES=2,3 (Slurm,
+a shared node) `cuda:0` is physical GPU 2. Only the executor turns these into process environments.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+
+
+def visible_gpus() -> list[str] | None:
+    """The parent's CUDA_VISIBLE_DEVICES entries (ids, UUIDs or MIG names), None when unset."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return None
+    return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+
+
+def physical_gpus(device: str) -> list[str]:
+    """What a worker's `cuda:i+j` means on this host: our indexes count the GPUs this process may
+    see, so with CUDA_VISIBLE_DEVICES=2,3 (a scheduler's choice) `cuda:0` is GPU 2."""
+    indexes = [int(i) for i in device.removeprefix("cuda:").split("+")]
+    visible = visible_gpus()
+    if visible is None:
+        return [str(i) for i in indexes]
+    missing = [i for i in indexes if i >= len(visible)]
+    if missing:
+        raise ValueError(f"GPU index {missing[0]} is not among the {len(visible)} visible GPUs "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}); --gpus counts from 0 "
+                         "within that list")
+    return [visible[i] for i in indexes]
+
+
+def describe(devices: list[str]) -> str:
+    """The device plan as users read it: `cuda:0 (GPU 2), cuda:1 (GPU 3)`."""
+    return ", ".join(f"{d} (GPU {'+'.join(physical_gpus(d))})" if d.startswith("cuda:") else d for d in devices)
 
 
 def visible_gpu_count() -> int:
@@ -33,6 +62,8 @@ def plan_devices(devices: str | None, gpus: list[int] | None, group_size: int = 
             raise ValueError(f"--replicas {replicas} does not match --devices {devices}")
         return listed
     ids = list(gpus) if gpus else list(range(visible_gpu_count()))
+    for device in (f"cuda:{i}" for i in ids):
+        physical_gpus(device)  # an index outside the visible set is an error now, not in a worker
     if not ids:
         # No GPU: one CPU worker (a run on a laptop, or CI) rather than an error.
         return ["cpu"] * (replicas or 1)
@@ -60,7 +91,7 @@ def process_env(device: str, cpu_slot: int, cpu_workers: int) -> dict[str, str]:
         # One OpenMP thread unless the user chose: a GPU worker's CPU work (vLLM's renderer, image
         # codecs) runs on threads of its own, and each opened a team of every core; a scoring
         # replica on a 16-core H100 host did 51.6 images/s that way, 64.2-66.7 with one.
-        return {"CUDA_VISIBLE_DEVICES": device.removeprefix("cuda:").replace("+", ","),
+        return {"CUDA_VISIBLE_DEVICES": ",".join(physical_gpus(device)),
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if device != "cpu":
         raise ValueError(f"unknown device {device!r}: use cpu, cuda:N or cuda:N+M")

@@ -15,7 +15,7 @@ from data.rundir import RunDir, RunDirError
 from data.sources import Columns, InputError, only_categories
 from gen.config import GenConfig
 from gen.run import select_todo
-from pool.devices import plan_devices, require_fp8_gpus
+from pool.devices import describe, plan_devices, require_fp8_gpus
 from pool.executor import PoolError, make_executor
 from pool.progress import Progress
 from score.config import RUNTIME_FIELDS, ScoreConfig
@@ -141,7 +141,7 @@ def run(config: ScoreConfig) -> int:
         manifest = out / "manifest"
         writer = ManifestWriter(manifest, SCORE_SCHEMA)
         todo = select_todo(samples, latest_status(manifest), config.retry_failed)
-        where = ", ".join(devices or ["every GPU of the Ray cluster"])
+        where = describe(devices) if devices else "every GPU of the Ray cluster"
         print(f"score: {len(samples)} samples from {input_path} ({task}, {template.name} v{template.version}), "
               f"{len(samples) - len(todo)} already done, {len(todo)} to score on {where}", file=sys.stderr)
         progress = Progress(len(todo), config.progress, unit="sample")
@@ -153,7 +153,8 @@ def run(config: ScoreConfig) -> int:
                               gpus_per_worker=config.tp, stage_path=STAGES[config.backend],
                               config=replica_config(config), devices=devices, on_row=on_row,
                               failed_row=failed_judge.failed, max_retries=config.max_retries, progress=progress,
-                              serial_load=config.replicas_per_gpu > 1).run(todo)
+                              serial_load=config.replicas_per_gpu > 1,
+                              log_dir=None if config.verbose else str(out / "logs")).run(todo)
         finally:
             writer.close()
         if progress.slots:
