@@ -49,8 +49,11 @@ class GenConfig:
     guidance_scale: float | None = _f(None, "guidance scale for pipelines that take one")
     true_cfg_scale: float = _f(4.0, "classifier-free guidance scale (Qwen-Image); <= 1 turns CFG off")
     negative_prompt: str = _f(" ", "negative prompt for CFG")
-    height: int | None = _f(1024, "output height (edit: default follows the source image)")
-    width: int | None = _f(1024, "output width")
+    height: int | None = _f(None, "output height (default: t2i 1024; edit: the source's aspect ratio at the "
+                                  "pipeline's own area, e.g. about 1024x1024 pixels for Qwen-Image-Edit)")
+    width: int | None = _f(None, "output width (default: t2i 1024; edit: see --height)")
+    area: int | None = _f(None, "edit: about this many output pixels at the source's aspect ratio, sides rounded "
+                                "to multiples of 32 (e.g. 262144 for 512x512-sized outputs)")
     seed_start: int = _f(0, "seed = seed_start + index in the input")
     scheduler: dict | None = _f(None, "scheduler config overrides, e.g. {\"shift\": 3.0}")
     pipeline_kwargs: dict | None = _f(None, "extra keyword arguments for every pipeline call")
@@ -62,11 +65,13 @@ class GenConfig:
     engine: Literal["local", "ray"] = _f("local", "local processes, or ray: a Ray Data actor pool over a cluster")
     ray_address: str = _f("auto", "Ray cluster to join (--engine ray); local = start a private one here")
     progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
+    verbose: bool = _f(False, "show the workers' own output (engine and library logs) live instead of keeping it "
+                              "in <run>/logs/worker-N.log")
 
 
 # Settings that change how a run goes, not what it produces: free to change on resume.
 RUNTIME_FIELDS = {
     "devices", "gpus", "serial_load", "cpu_offload", "batch_size", "compile", "attention_backend",
     "num_samples", "offset",
-    "output_dir", "retry_failed", "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address",
+    "output_dir", "retry_failed", "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address", "verbose", "categories",
 }

@@ -113,16 +113,28 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+def _to_log(path: str) -> None:
+    """Send this process's output (and its engine subprocesses') to `path`: the terminal keeps
+    genscore's own lines, the library warnings and tracebacks stay with the run."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def _worker_main(wid: int, device: str, env: dict[str, str], stage_path: str, config: Any,
-                 inbox: Any, outbox: Connection, load_lock: Any) -> None:
+                 inbox: Any, outbox: Connection, load_lock: Any, log_path: str | None) -> None:
     _own_process_group()
     os.environ.update(env)
+    if log_path:
+        _to_log(log_path)
     try:
         module, name = stage_path.split(":")
         with load_lock if load_lock is not None else nullcontext():
             stage = getattr(importlib.import_module(module), name)(config, local_device(device))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
-        outbox.send(("fatal", wid, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        traceback.print_exc()  # into the worker's log (or the terminal with --verbose)
+        outbox.send(("fatal", wid, one_line(f"{type(exc).__name__}: {exc}"), log_path or "the output above"))
         return
     outbox.send(("ready", wid))
     feed = Feed(wid, inbox, outbox.send, getattr(stage, "prefetch", 1))
@@ -131,6 +143,12 @@ def _worker_main(wid: int, device: str, env: dict[str, str], stage_path: str, co
     if hasattr(stage, "close"):
         stage.close()
     outbox.send(("exit", wid))
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """An error as one terminal line (vLLM's validation errors span several)."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass
@@ -159,6 +177,7 @@ class Executor:
     max_retries: int = 1
     serial_load: bool = False
     progress: Progress | None = None
+    log_dir: str | None = None  # each worker's output goes to <log_dir>/worker-<slot>.log; None: the terminal
 
     def run(self, items: list[dict]) -> None:
         ctx = mp.get_context("spawn")
@@ -170,6 +189,7 @@ class Executor:
         self._restarts = [0] * len(self.devices)
         self._next_wid = 0
         self._errors: list[str] = []
+        self._causes: dict[str, str] = {}  # each distinct start failure -> where its traceback is
         self._ever_ready = False
         self._first_ready_at: float | None = None
         self._started = False  # every worker loaded (or the grace period ran out): work flows
@@ -190,9 +210,14 @@ class Executor:
         wid, self._next_wid = self._next_wid, self._next_wid + 1
         inbox = self._ctx.Queue()
         receive, send = self._ctx.Pipe(duplex=False)
+        log_path = None
+        if self.log_dir:
+            os.makedirs(self.log_dir, exist_ok=True)
+            log_path = os.path.join(self.log_dir, f"worker-{slot}.log")
         process = self._ctx.Process(
             target=_worker_main, name=f"genscore-worker-{wid}", daemon=False,
-            args=(wid, self.devices[slot], self._envs[slot], self.stage_path, self.config, inbox, send, self._lock),
+            args=(wid, self.devices[slot], self._envs[slot], self.stage_path, self.config, inbox, send, self._lock,
+                  log_path),
         )
         process.start()
         send.close()  # the child holds the write end; EOF then means it is gone
@@ -262,14 +287,16 @@ class Executor:
             self.progress.row(worker.slot, row.get("status") == "ok")
         self._dispatch()  # asks held back by the even-share cap are served as work drains
 
-    def _fatal(self, worker: _Worker, message: str, trace: str) -> None:
+    def _fatal(self, worker: _Worker, message: str, where: str) -> None:
         self._errors.append(f"{worker.device}: {message}")
+        self._causes[message] = where
         worker.done = True
         _kill_group(worker.process.pid)
         self._requeue_or_fail(worker, f"worker on {worker.device} failed: {message}")
         del self._workers[worker.wid]
         if not self._ever_ready and not self._workers:
-            raise PoolError(f"no worker could start. {message}\n{trace}")
+            raise PoolError("\n".join(f"no worker could start: {cause} (traceback: {where})"
+                                       for cause, where in self._causes.items()))
         self._dispatch()
 
     def _check_workers(self) -> None:
@@ -324,5 +351,6 @@ def make_executor(engine: str, ray_address: str, ray_batch_size: int, gpus_per_w
         from pool.ray_executor import RayExecutor
 
         kwargs.pop("serial_load", None)
+        kwargs.pop("log_dir", None)  # Ray keeps each actor's output in its own session logs
         return RayExecutor(address=ray_address, batch_size=ray_batch_size, gpus_per_worker=gpus_per_worker, **kwargs)
     return Executor(**kwargs)

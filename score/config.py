@@ -89,6 +89,8 @@ class ScoreConfig:
     engine: Literal["local", "ray"] = _f("local", "local processes, or ray: a Ray Data actor pool over a cluster")
     ray_address: str = _f("auto", "Ray cluster to join (--engine ray); local = start a private one here")
     progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
+    verbose: bool = _f(False, "show the workers' own output (engine and library logs) live instead of keeping it "
+                              "in <run>/logs/worker-N.log")
 
 
 RUNTIME_FIELDS = {
@@ -96,5 +98,5 @@ RUNTIME_FIELDS = {
     "replicas_per_gpu",
     "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
     "preprocess_threads", "mm_processor_cache_gb", "batch_size", "kv_cache_gb", "print_samples", "write_txt",
-    "retry_failed", "force", "print_prompts", "fail_on_error", "max_retries", "progress", "engine", "ray_address",
+    "retry_failed", "force", "print_prompts", "fail_on_error", "max_retries", "progress", "engine", "ray_address", "verbose", "categories",
 }

@@ -52,7 +52,7 @@ def print_summary(out: Path, samples: list[dict], config: ScoreConfig, template:
           "(scores compare only under the same judge and template)")
     if len(frame):
         with pd.option_context("display.float_format", "{:.2f}".format, "display.width", 160):
-            print(summary_table(frame).to_string())
+            print(summary_table(frame).to_string(na_rep="-"))
     print(f"scores: {(out / 'manifest').resolve()}")
     failed = int((frame["status"] == "failed").sum()) if len(frame) else 0
     if samples and failed == len(samples):

@@ -53,7 +53,7 @@ def test_bad_images_and_overlong_prompts_become_rows(tmp_path, tiny_models):
     assert "UnidentifiedImageError" in final.loc["text", "error"]
     assert final.loc["truncated", "error"] and final.loc["empty", "error"]
     assert final.loc["overlong", "status"] == "failed" and "length" in final.loc["overlong", "error"].lower()
-    assert re.search(r"^all\s+11\s+6\s+5\b", proc.stdout, re.M), proc.stdout  # the summary says what happened
+    assert re.search(r"^all \(micro[^)]*\)\s+11\s+6\s+5\b", proc.stdout, re.M), proc.stdout  # the summary says what happened
     after = {p: p.stat().st_mtime for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "s")}
     assert after == before  # nothing written beside the inputs
 
@@ -72,7 +72,7 @@ def test_sigkill_of_one_replica_loses_nothing(edit_pairs, tmp_path, tiny_models)
     assert proc.returncode == 0, output[-3000:]
     final = final_rows(out)
     assert len(final) == 16 and (final["status"] == "ok").all(), final["error"].dropna().tolist()
-    assert re.search(r"^all\s+16\s+16\s+0\b", output, re.M), output[-3000:]
+    assert re.search(r"^all \(micro[^)]*\)\s+16\s+16\s+0\b", output, re.M), output[-3000:]
     assert not [p for p in (out / "manifest").iterdir() if p.name.startswith(".")]
 
 
