@@ -7,6 +7,8 @@ only the sample at fault becomes a failed row.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -94,11 +96,18 @@ class GenStage:
             ready.append(row)
             images.append(image)
         call_failed = False
+        sizes = {area_size(image.size, self.config.area) for image in images} if self.config.area else {None}
+        if ready and len(sizes) > 1:  # one call makes one size: sources of other shapes go one by one
+            return [self._run([s])[0][0] for s in batch], False
+        params = self.params
+        if self.config.area and ready:
+            width, height = sizes.pop()
+            params = dataclasses.replace(self.params, height=height, width=width)
         if ready:
             try:
                 generators = [torch.Generator("cpu").manual_seed(r["seed"]) for r in ready]
                 outputs = self.adapter([r["prompt"] for r in ready], images if self.config.task == "edit" else None,
-                                       generators, self.params)
+                                       generators, params)
                 for row, output in zip(ready, outputs):
                     self._save(row, output)
             except Exception as exc:  # noqa: BLE001 - out of memory, pipeline errors: failed rows
@@ -123,6 +132,15 @@ class GenStage:
         Image.fromarray(pixels).save(tmp, format="PNG")
         os.replace(tmp, self.images_dir / name)  # a reader never sees half an image
         row.update(status="ok", image_path=f"images/{name}", height=pixels.shape[0], width=pixels.shape[1])
+
+
+def area_size(size: tuple[int, int], area: int) -> tuple[int, int]:
+    """(width, height) of about `area` pixels at the aspect ratio of `size`, sides multiples of 32
+    (as the Qwen-Image edit pipelines round their own default size)."""
+    ratio = size[0] / size[1]
+    width = max(32, round(math.sqrt(area * ratio) / 32) * 32)
+    height = max(32, round(width / ratio / 32) * 32)
+    return width, height
 
 
 def _free_memory(exc: Exception) -> None:
