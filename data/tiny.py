@@ -3,7 +3,9 @@
 No hub is reachable in tests, CI or on the GPU machine, so the project builds its own models:
 - `t2i/`:     a QwenImagePipeline (Qwen-Image shape, ~2 MB),
 - `edit/`:    a QwenImageEditPipeline (Qwen-Image-Edit shape),
-- `qwen3vl/`: a Qwen3VLForConditionalGeneration with its processor (the judge / captioner).
+- `qwen3vl/`: a Qwen3VLForConditionalGeneration with its processor (the judge / captioner),
+- `qwen25vl/`: a Qwen2_5_VLForConditionalGeneration with its processor (a second judge architecture),
+- `lora/`:    a LoRA for the `t2i` pipeline's transformer (diffusers' `load_lora_weights` format).
 
 Every builder is seeded, so two builds give identical files. A build is cached under a key
 made from this file's source and the library versions: editing this file rebuilds.
@@ -21,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 DEFAULT_DIR = Path(os.environ.get("GENSCORE_TINY_DIR", Path(__file__).resolve().parent.parent / ".cache" / "tiny"))
-MODELS = ("t2i", "edit", "qwen3vl")
+MODELS = ("t2i", "edit", "qwen3vl", "qwen25vl", "lora")
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -176,6 +178,54 @@ def save_qwen3vl_processor(out: Path, tok, min_pixels: int, max_pixels: int) -> 
     processor.save_pretrained(out)
 
 
+def build_qwen25vl(out: Path) -> None:
+    """Tiny Qwen2.5-VL (GEdit-Bench's open judge architecture) with its processor: patch 14, window attention."""
+    import torch
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    tok = build_tokenizer(out)
+    ids = token_ids(tok)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]},
+            eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"], bos_token_id=ids["bos_token_id"],
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, window_size=112,
+                           fullatt_block_indexes=[1]),
+        tie_word_embeddings=False, **vision_token_ids(ids),
+    )
+    config.eos_token_id, config.pad_token_id = ids["eos_token_id"], ids["pad_token_id"]
+    torch.manual_seed(5)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    model.generation_config.eos_token_id = ids["eos_token_id"]
+    model.generation_config.pad_token_id = ids["pad_token_id"]
+    model.save_pretrained(out)
+    image_processor = Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                            size={"shortest_edge": 28 * 28, "longest_edge": 224 * 224})
+    Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                        chat_template=CHAT_TEMPLATE).save_pretrained(out)
+
+
+def build_lora(out: Path) -> None:
+    """A rank-4 LoRA on the t2i transformer's attention projections, random in both factors (a zero
+    B factor, peft's default, would leave the images unchanged)."""
+    import torch
+    from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = QwenImageTransformer2DModel.from_pretrained(ensure("t2i") / "transformer")
+    torch.manual_seed(6)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                       target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    QwenImagePipeline.save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(transformer))
+
+
 def _qwen_image_text_encoder(tok):
     """The Qwen2.5-VL text encoder of the Qwen-Image pipelines, at hidden size 16."""
     import torch
@@ -244,7 +294,8 @@ def build_edit(out: Path) -> None:
     pipe.save_pretrained(out)
 
 
-BUILDERS = {"t2i": build_t2i, "edit": build_edit, "qwen3vl": build_qwen3vl}
+BUILDERS = {"t2i": build_t2i, "edit": build_edit, "qwen3vl": build_qwen3vl, "qwen25vl": build_qwen25vl,
+            "lora": build_lora}
 
 
 def ensure(name: str, root: Path = DEFAULT_DIR) -> Path:

@@ -55,6 +55,8 @@ class GenConfig:
     area: int | None = _f(None, "edit: about this many output pixels at the source's aspect ratio, sides rounded "
                                 "to multiples of 32 (e.g. 262144 for 512x512-sized outputs)")
     seed_start: int = _f(0, "seed = seed_start + index in the input")
+    lora: list[str] | None = _f(None, "LoRA weights to fuse into the pipeline: hub id or local path, each "
+                                      "optionally PATH:SCALE (default 1), e.g. --lora org/Qwen-Image-Lightning:1.0")
     scheduler: dict | None = _f(None, "scheduler config overrides, e.g. {\"shift\": 3.0}")
     pipeline_kwargs: dict | None = _f(None, "extra keyword arguments for every pipeline call")
 

@@ -41,9 +41,9 @@ def check_model(model: str, task: str) -> None:
             raise ValueError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
     elif model.startswith(("/", ".", "~")) or model.count("/") != 1:
         raise ValueError(f"model not found: {model!r} is neither a local pipeline folder nor a hub id (org/name)")
-    cls = pipeline_class(model)
-    if cls is not None:
-        check_task(cls, task)
+    name = pipeline_class_name(model)
+    if name is not None:
+        check_task_by_name(name, task)
 
 
 def load_pipeline(model: str, dtype: str, device: str, cpu_offload: bool = False,
@@ -192,6 +192,39 @@ class Params:
     extra: dict[str, Any]
 
 
+def parse_lora(spec: str) -> tuple[str, float]:
+    """`PATH_OR_HUB_ID[:SCALE]` -> (where, scale); the scale defaults to 1."""
+    where, _, tail = spec.rpartition(":")
+    try:
+        return (where, float(tail)) if where else (spec, 1.0)
+    except ValueError:
+        return spec, 1.0  # a colon that is part of the name (tiny:lora)
+
+
+def check_lora(where: str) -> None:
+    """Fail fast, in the parent, on a LoRA that is neither a local file/folder nor a hub id."""
+    if not Path(where).exists() and (where.startswith(("/", ".", "~")) or where.count("/") != 1):
+        raise ValueError(f"LoRA not found: {where!r} is neither a local file or folder nor a hub id (org/name)")
+
+
+def apply_loras(pipe, loras: list[tuple[str, float]]) -> None:
+    """Load LoRAs through diffusers' `load_lora_weights`, then fuse them into the weights: the
+    denoising loop then runs at the speed of the plain model (and compiles as it does)."""
+    if not loras:
+        return
+    names = [f"lora{i}" for i in range(len(loras))]
+    where = ""
+    try:
+        for name, (where, _) in zip(names, loras):
+            pipe.load_lora_weights(where, adapter_name=name)
+        # a LoRA none of whose keys match is skipped by diffusers with a warning: it is missing here
+        pipe.set_adapters(names, [scale for _, scale in loras])
+    except Exception as exc:  # noqa: BLE001 - the message says which LoRA and why
+        raise ValueError(f"LoRA {where} does not load into {type(pipe).__name__}: {exc}") from exc
+    pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+    pipe.unload_lora_weights()  # the LoRA layers go; their product stays in the fused weights
+
+
 def check_task(pipeline_class: type, task: str) -> set[str]:
     """The call's parameter names, once the pipeline is known to fit the task."""
     accepts = set(inspect.signature(pipeline_class.__call__).parameters)
@@ -203,18 +236,32 @@ def check_task(pipeline_class: type, task: str) -> set[str]:
     return accepts
 
 
-def pipeline_class(model: str) -> type | None:
-    """The pipeline class a model folder (or a cached hub id) names in model_index.json; None when
-    it cannot be read here (then the worker checks once it has loaded the pipeline)."""
-    import diffusers
+# Pipeline class names that take an input image. The parent decides from the name alone (importing
+# diffusers there costs 5-15 s per command); each worker then checks the call's real signature.
+IMAGE_INPUT_MARKERS = ("Edit", "Img2Img", "InstructPix2Pix", "Kontext", "Inpaint", "Redux", "Variation")
 
+
+def pipeline_class_name(model: str) -> str | None:
+    """The `_class_name` a model folder (or a cached hub id) names in model_index.json; None when
+    it cannot be read here without the network (then the worker decides)."""
     index = Path(model) / "model_index.json"
-    try:
-        name = json.loads(index.read_text())["_class_name"] if index.exists() else \
-            diffusers.DiffusionPipeline.load_config(model)["_class_name"]
-    except Exception:  # noqa: BLE001 - offline hub id, custom pipeline: decided in the worker
-        return None
-    return getattr(diffusers, name, None)
+    if not index.exists():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "model_index.json")
+        if not isinstance(cached, str):
+            return None
+        index = Path(cached)
+    return json.loads(index.read_text()).get("_class_name")
+
+
+def check_task_by_name(name: str, task: str) -> None:
+    """check_task's verdict from a pipeline's class name, for the parent."""
+    takes_image = any(marker in name for marker in IMAGE_INPUT_MARKERS)
+    if task == "edit" and not takes_image:
+        raise ValueError(f"{name} takes no input image, so it cannot edit; use --task t2i")
+    if task == "t2i" and name.endswith(("EditPipeline", "EditPlusPipeline")):
+        raise ValueError(f"{name} edits images; use --task edit with a source image column")
 
 
 class TaskAdapter:

@@ -15,7 +15,7 @@ from data.rundir import RunDir, RunDirError
 from data.sources import Columns, InputError, load_samples, only_categories
 from data.tiny import resolve_model
 from gen.config import RUNTIME_FIELDS, GenConfig
-from gen.pipeline import check_model
+from gen.pipeline import check_lora, check_model, parse_lora
 from gen.worker import failed_row
 from pool.devices import describe, plan_devices, require_fp8_gpus
 from pool.executor import PoolError, make_executor
@@ -63,6 +63,8 @@ def run(config: GenConfig, stage: str = "gen.worker:GenStage") -> int:
     worker runs: GenStage, or a subclass (tests use one to raise faults they cannot cause)."""
     config = resolve_size(dataclasses.replace(config, model=config.model or DEFAULT_MODELS[config.task]))
     check_model(resolve_model(config.model), config.task)
+    for where, _ in map(parse_lora, config.lora or []):
+        check_lora(resolve_model(where))
     columns = Columns(config.id_column, config.prompt_column, config.image_column, config.category_column)
     samples = load_samples(config.input, columns, config.num_samples, config.offset, config.image_root,
                            image_store=Path(config.output_dir) / "inputs")

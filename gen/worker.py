@@ -20,7 +20,7 @@ from data.images import open_rgb
 from data.manifest import GEN_SCHEMA, empty_row
 from data.tiny import resolve_model
 from gen.config import GenConfig
-from gen.pipeline import Params, TaskAdapter, load_pipeline, speed_up
+from gen.pipeline import Params, TaskAdapter, apply_loras, load_pipeline, parse_lora, speed_up
 from pool.executor import Feed
 
 
@@ -56,6 +56,7 @@ class GenStage:
         self.config, self.device = config, device
         self.pipe = load_pipeline(resolve_model(config.model), config.dtype, device, config.cpu_offload,
                                   config.scheduler, config.load_format)
+        apply_loras(self.pipe, [(resolve_model(w), scale) for w, scale in map(parse_lora, config.lora or [])])
         speed_up(self.pipe, config.compile, config.attention_backend, config.cache_threshold, device,
                  config.quantize)
         self.adapter = TaskAdapter(self.pipe, config.task)

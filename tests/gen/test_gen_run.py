@@ -187,3 +187,29 @@ def test_compiled_blocks_give_the_eager_images(prompts16, tmp_path, tiny_models)
         pixels = [np.asarray(Image.open(tmp_path / run / path), dtype=int)
                   for run, path in (("eager", a), ("compiled", b))]
         assert np.abs(pixels[0] - pixels[1]).max() <= 2  # float32 on the CPU: rounding, not a different image
+
+
+def test_lora_changes_the_images_and_is_part_of_the_run(prompts16, tmp_path, tiny_models):
+    gen(prompts16, tmp_path / "plain", "--devices", "cpu", "--num-samples", "2")
+    gen(prompts16, tmp_path / "lora", "--devices", "cpu", "--num-samples", "2", "--lora", "tiny:lora:0.8")
+    plain, lora = image_bytes(tmp_path / "plain"), image_bytes(tmp_path / "lora")
+    assert plain.keys() == lora.keys() and len(plain) == 2
+    for name in plain:  # same seeds, other weights: other pixels
+        a, b = (np.asarray(Image.open(run / "images" / name), dtype=np.int16) for run in (tmp_path / "plain",
+                                                                                             tmp_path / "lora"))
+        assert np.abs(a - b).max() > 0
+    assert json.loads((tmp_path / "lora" / "run.json").read_text())["identity"]["lora"] == ["tiny:lora:0.8"]
+    proc = gen(prompts16, tmp_path / "lora", "--devices", "cpu", "--num-samples", "2", check=False)
+    assert proc.returncode == 2 and "lora: ['tiny:lora:0.8'] -> None" in proc.stderr  # resume keeps the LoRA
+    # a LoRA that does not match the pipeline: one clear line, no traceback on the terminal
+    wrong = tmp_path / "wrong.safetensors"
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"transformer.nonexistent.lora_A.weight": torch.zeros(4, 8),
+               "transformer.nonexistent.lora_B.weight": torch.zeros(8, 4)}, str(wrong))
+    proc = gen(prompts16, tmp_path / "bad", "--devices", "cpu", "--num-samples", "1", "--lora", str(wrong), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "no worker could start: ValueError: LoRA" in proc.stderr
+    missing = gen(prompts16, tmp_path / "bad2", "--lora", "./no/such/lora.safetensors", check=False)
+    assert missing.returncode == 2 and "LoRA not found" in missing.stderr
