@@ -39,6 +39,16 @@ def describe(devices: list[str]) -> str:
     return ", ".join(f"{d} (GPU {'+'.join(physical_gpus(d))})" if d.startswith("cuda:") else d for d in devices)
 
 
+def gpu_memory_gib(gpu: str) -> float | None:
+    """Total memory of one physical GPU (id or UUID), from nvidia-smi: no CUDA in the parent."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", gpu],
+                             capture_output=True, text=True, timeout=30)
+        return float(out.stdout.split()[0]) / 1024
+    except (FileNotFoundError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+
+
 def visible_gpu_count() -> int:
     """GPUs this process may use, without initialising CUDA in the parent."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -15,14 +15,14 @@ from data.rundir import RunDir, RunDirError
 from data.sources import Columns, InputError, only_categories
 from gen.config import GenConfig
 from gen.run import select_todo
-from pool.devices import describe, plan_devices, require_fp8_gpus
+from pool.devices import describe, gpu_memory_gib, physical_gpus, plan_devices, require_fp8_gpus
 from pool.executor import PoolError, make_executor
 from pool.progress import Progress
 from score.config import RUNTIME_FIELDS, ScoreConfig
 from score.inputs import default_output, is_layout, newest_run, score_samples
 from data.tiny import resolve_model
 from score.judge import Judge, resolve_template
-from score.model_info import context_length
+from score.model_info import check_fits, context_length
 from score.templates import Template
 from score.summary import print_summary
 
@@ -106,6 +106,16 @@ def fit_context(config: ScoreConfig) -> ScoreConfig:
     return dataclasses.replace(config, max_model_len=length)
 
 
+def check_memory(config: ScoreConfig, devices: list[str] | None) -> None:
+    """A judge too large for a replica's share of its GPU: a clear message now, not a vLLM traceback."""
+    if config.backend != "vllm" or not devices or not devices[0].startswith("cuda:"):
+        return
+    gib = gpu_memory_gib(physical_gpus(devices[0])[0])
+    if gib:
+        check_fits(resolve_model(config.model), gib, replica_config(config).gpu_memory_utilization, config.tp,
+                   config.max_model_len, config.quantize == "fp8")
+
+
 def replica_config(config: ScoreConfig) -> ScoreConfig:
     """What one replica sees: replicas sharing a GPU split its memory share."""
     share = config.gpu_memory_utilization / config.replicas_per_gpu
@@ -133,6 +143,7 @@ def run(config: ScoreConfig) -> int:
     config = fit_context(config)
     devices = replica_devices(config)
     check_quantize(config, devices)
+    check_memory(config, devices)
     rundir = RunDir(out, config_name="score.json")
     rundir.lock()
     try:
