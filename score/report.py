@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from data.manifest import latest_rows, read_manifest
-from score import gedit
+from score import export, gedit
 from score.summary import summary_table
 
 VARIED_PARAMS = ("steps", "guidance_scale", "true_cfg_scale", "height", "width", "seed")
@@ -243,7 +243,15 @@ def main(argv: list[str] | None = None) -> int:
                                                       "and print its statistics per language")
     parser.add_argument("--gedit-model", default=None, help="model name in the GEdit-Bench paths (default: the "
                                                             "generation model's folder name, or the run's)")
+    parser.add_argument("--export-dataset", default=None, help="write a `datasets` dataset here (images as Image(), "
+                                                               "the gen and score rows joined per sample)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO",
+                        help="with --export-dataset: also push it to this hub repository (needs a token and network)")
+    parser.add_argument("--export-imagefolder", default=None, help="caption runs: images + metadata.jsonl (file_name, "
+                                                                   "text) here, as diffusers/kohya training reads")
     args = parser.parse_args(argv)
+    if args.push_to_hub and not args.export_dataset:
+        parser.error("--push-to-hub pushes the --export-dataset folder: give both")
     if len(args.runs) > 2:
         parser.error("give one run, or two to compare")
     fmt = {"float_format": "{:.2f}".format}
@@ -266,6 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else run / "report.html"
     out.write_text(render_html(run, gen, scores), encoding="utf-8")
     print(f"\nreport: {out.resolve()}")
+    if args.export_dataset:
+        dataset = export.export_dataset(run, gen, scores, Path(args.export_dataset))
+        print(f"dataset: {len(dataset)} rows in {Path(args.export_dataset).resolve()}")
+        if args.push_to_hub:
+            dataset.push_to_hub(args.push_to_hub)
+            print(f"pushed: {args.push_to_hub}")
+    if args.export_imagefolder:
+        try:
+            n = export.export_imagefolder(scores, Path(args.export_imagefolder))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"imagefolder: {n} images + metadata.jsonl in {Path(args.export_imagefolder).resolve()}")
     if args.gedit:
         return _gedit(run, gen, scores, Path(args.gedit), args.gedit_model)
     return 0

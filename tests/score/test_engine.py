@@ -93,3 +93,27 @@ def test_parallel_rendering_gives_each_sample_its_own_answers(tiny_models, tmp_p
         results[cache_gb] = {r["key"]: (r["prompt_tokens"], r["raw_response"]) for r in rows}
     assert results[0] == results[1]
     assert len({tokens for tokens, _ in results[0].values()}) == 10  # every image a different length
+
+
+def test_a_second_judge_architecture_qwen25vl(tiny_models, tmp_path):
+    """Qwen2.5-VL (GEdit-Bench's open judge family): patch 14, window attention, its own processor."""
+    from score.engine import processor_kwargs
+
+    config = ScoreConfig(model=str(tiny_models["qwen25vl"]), max_model_len=2048, max_num_seqs=4, max_tokens=64,
+                         enforce_eager=True, window=3)
+    assert processor_kwargs(config, config.model) == {"size": {"longest_edge": config.max_pixels,
+                                                               "shortest_edge": config.min_pixels}}
+    other = tmp_path / "other-judge"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    assert processor_kwargs(config, str(other)) == {}  # no Qwen pixel range forced on another processor
+    items = _shapes(tmp_path, 3, task="edit", prompt="make it red")
+    for item in items:
+        item["source_image"] = item["image_path"]
+    stage = VLLMStage(config, "cpu")
+    try:
+        rows = list(stage.process(_Feed(items)))
+    finally:
+        stage.close()
+    assert [r["status"] for r in rows] == ["ok"] * 3, [r["error"] for r in rows]
+    assert all(r["template"] == "viescore-edit" and r["prompt_tokens"] > 20 for r in rows)

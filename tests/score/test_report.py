@@ -88,3 +88,19 @@ def test_report_of_a_run_not_scored_yet(scored_run, tmp_path):
     assert _cell((tmp_path / "g.html").read_text(), "Generated per category (not scored yet)", "all", "n_ok") == \
         str((gen["status"] == "ok").sum())
     assert (tmp_path / "g.html").read_text().count("data:image/png;base64,") >= 8  # the generated images
+
+
+def test_export_dataset_joins_gen_and_score_rows_with_images(scored_run, tmp_path):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    run_cli("score.report", str(scored_run), "--out", str(tmp_path / "r.html"), "--export-dataset", str(tmp_path / "ds"))
+    dataset = datasets.load_from_disk(str(tmp_path / "ds"))
+    scores = pd.read_parquet(scored_run / "scores" / "manifest").set_index("key")
+    gen = pd.read_parquet(scored_run / "manifest").set_index("key")
+    assert len(dataset) == len(scores) and isinstance(dataset.features["image"], datasets.Image)
+    for row in dataset:
+        assert row["overall"] == scores.loc[row["key"], "overall"] and row["gen_seed"] == gen.loc[row["key"], "seed"]
+        on_disk = np.asarray(Image.open(scored_run / gen.loc[row["key"], "image_path"]).convert("RGB"))
+        assert np.array_equal(np.asarray(row["image"].convert("RGB")), on_disk)

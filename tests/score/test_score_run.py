@@ -68,15 +68,24 @@ def test_caption_image_folder_and_layout_with_txt(tmp_path, tiny_models):
                 {"id": "photo", "type": "ImageElement"}, {"id": "logo", "type": "SvgElement"}]
     (layout / "jsons" / "doc1.json").write_text(json.dumps({"elements": elements}))
     (layout / "json_detail" / "doc1.json").write_text(json.dumps({"logo": {"image": "crops/logo.png"}}))
-    shape_image(layout / "images" / "doc1" / "bg.png", (10, 10, 10))
-    shape_image(layout / "crops" / "logo.png", (200, 10, 10), shape="square")
+    crops = tmp_path / "crops"  # as in the seed's script, the element images live outside the layout folder
+    shape_image(crops / "images" / "doc1" / "bg.png", (10, 10, 10))
+    shape_image(crops / "crops" / "logo.png", (200, 10, 10), shape="square")
     score("--task", "caption", "--input", str(folder), "--output-dir", str(tmp_path / "cap1"), "--write-txt",
           "--devices", "cpu")
-    score("--task", "caption", "--prompt", "Describe the shape in at most 30 words.", "--input", str(layout),
-          "--output-dir", str(tmp_path / "cap2"), "--write-txt", "--devices", "cpu")
+    score("--prompt", "Describe the shape in at most 30 words.", "--input", str(layout), "--image-root", str(crops),
+          "--output-dir", str(tmp_path / "cap2"), "--write-txt", "--devices", "cpu")  # --task auto: a caption
     one, two = rows(tmp_path / "cap1" / "manifest"), rows(tmp_path / "cap2" / "manifest")
     assert sorted(one["key"]) == ["shape0", "shape1", "shape2"] and (one["status"] == "ok").all()
     assert sorted(two["sample_id"]) == ["doc1/bg", "doc1/logo"]  # text and image elements skipped
+    assert set(two["task"]) == {"caption"} and (two["status"] == "ok").all(), two["error"].tolist()
+    # taken away as an imagefolder with captions, which load_dataset("imagefolder") reads back
+    run_cli("score.report", str(tmp_path / "cap1"), "--out", str(tmp_path / "r.html"),
+            "--export-imagefolder", str(tmp_path / "train"))
+    import datasets
+
+    train = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "train"), split="train")
+    assert sorted(train["text"]) == sorted(one["caption"]) and train[0]["image"].size == (64, 64)
     for frame in (one, two):
         for row in frame.itertuples():
             assert row.caption and row.caption == row.caption.strip()
