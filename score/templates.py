@@ -126,28 +126,19 @@ def score_schema(*names: str, reasoning_chars: int = 300) -> dict:
     return {"type": "object", "properties": props, "required": ["reasoning", *names], "additionalProperties": False}
 
 
-def _viescore_edit() -> Template:
-    sc = "\n".join([P.VIESCORE_CONTEXT_NO_DELIMIT, P.VIESCORE_PROMPTS_0SHOT_TWO_IMAGE_EDIT_RULE,
-                    P.VIESCORE_PROMPTS_0SHOT_TIE_RULE_SC])
-    pq = "\n".join([P.VIESCORE_CONTEXT_NO_DELIMIT, P.VIESCORE_PROMPTS_0SHOT_RULE_PQ])
-    return Template(
-        name="viescore-edit", version="2", system=None,
-        questions=(Question("sc", sc, ("source", "image"), score_list_schema(2), "<instruction>"),
-                   Question("pq", pq, ("image",), score_list_schema(2), "<instruction>")),
-        scoring="score-lists", score_names=_EDIT_NAMES, reasks=1, resize_to_source=True,
-    )
-
-
-def _viescore_t2i() -> Template:
-    sc = "\n".join([P.VIESCORE_CONTEXT_NO_DELIMIT, P.VIESCORE_PROMPTS_0SHOT_ONE_IMAGE_GEN_RULE,
-                    P.VIESCORE_PROMPTS_0SHOT_T2I_RULE_SC])
-    pq = "\n".join([P.VIESCORE_CONTEXT_NO_DELIMIT, P.VIESCORE_PROMPTS_0SHOT_RULE_PQ])
-    return Template(
-        name="viescore-t2i", version="2", system=None,
-        questions=(Question("sc", sc, ("image",), score_list_schema(1), "<prompt>"),
-                   Question("pq", pq, ("image",), score_list_schema(2), "<prompt>")),
-        scoring="score-lists", score_names={"sc": ("prompt_alignment",), "pq": _EDIT_NAMES["pq"]}, reasks=1,
-    )
+def _viescore(task: str) -> Template:
+    """VIEScore's two questions for `edit` ("tie" upstream) or `t2i`, joined as viescore/__init__.py does."""
+    context = P.VIESCORE_CONTEXT_NO_DELIMIT
+    edit = task == "edit"
+    rules = [P.VIESCORE_PROMPTS_0SHOT_TWO_IMAGE_EDIT_RULE, P.VIESCORE_PROMPTS_0SHOT_TIE_RULE_SC] if edit else \
+        [P.VIESCORE_PROMPTS_0SHOT_ONE_IMAGE_GEN_RULE, P.VIESCORE_PROMPTS_0SHOT_T2I_RULE_SC]
+    tag = "<instruction>" if edit else "<prompt>"
+    sc = Question("sc", "\n".join([context, *rules]), ("source", "image") if edit else ("image",),
+                  score_list_schema(2 if edit else 1), tag)
+    pq = Question("pq", "\n".join([context, P.VIESCORE_PROMPTS_0SHOT_RULE_PQ]), ("image",), score_list_schema(2), tag)
+    names = _EDIT_NAMES if edit else {"sc": ("prompt_alignment",), "pq": _EDIT_NAMES["pq"]}
+    return Template(name=f"viescore-{task}", version="2", system=None, questions=(sc, pq), scoring="score-lists",
+                    score_names=names, reasks=1, resize_to_source=edit)
 
 
 def editscore_edit(num_pass: int = 1, reduction: str = "average_last") -> Template:
@@ -205,8 +196,8 @@ _PQ = (
 _PQ_QUESTION = Question("pq", _PQ, ("image",), score_schema("naturalness", "artifacts"))
 
 TEMPLATES: dict[str, Template] = {
-    "viescore-edit": _viescore_edit(),
-    "viescore-t2i": _viescore_t2i(),
+    "viescore-edit": _viescore("edit"),
+    "viescore-t2i": _viescore("t2i"),
     "editscore-edit": editscore_edit(),
     "genscore-edit": Template(
         name="genscore-edit", version="1", system=GENSCORE_SYSTEM,

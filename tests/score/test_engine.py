@@ -32,14 +32,19 @@ def _shapes(folder, n: int, task: str = "caption", prompt: str | None = None) ->
     return items
 
 
+def _score(config: ScoreConfig, items: list[dict]) -> list[dict]:
+    """Every row a real replica yields for `items`, its engine shut down afterwards."""
+    stage = VLLMStage(config, "cpu")
+    try:
+        return list(stage.process(_Feed(items)))
+    finally:
+        stage.close()
+
+
 def test_vllm_answers_follow_the_schema(tiny_models, tmp_path):
     config = ScoreConfig(model=str(tiny_models["qwen3vl"]), max_model_len=2048, max_num_seqs=4,
                          max_tokens=256, enforce_eager=True, window=3)
-    stage = VLLMStage(config, "cpu")
-    try:
-        rows = list(stage.process(_Feed(_shapes(tmp_path, 6, task="t2i", prompt="a shape"))))
-    finally:
-        stage.close()
+    rows = _score(config, _shapes(tmp_path, 6, task="t2i", prompt="a shape"))
     assert sorted(r["key"] for r in rows) == [f"k{i}" for i in range(6)]
     for row in rows:
         assert row["status"] == "ok", row["error"]
@@ -67,11 +72,7 @@ def test_vllm_asks_again_after_a_bad_answer(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setattr(score.engine._Running, "record", cut_first_answers)
     config = ScoreConfig(model=str(tiny_models["qwen3vl"]), max_model_len=2048, max_num_seqs=4,
                          max_tokens=96, enforce_eager=True, window=3)
-    stage = VLLMStage(config, "cpu")
-    try:
-        rows = list(stage.process(_Feed(_shapes(tmp_path, 4, task="t2i", prompt="a shape"))))
-    finally:
-        stage.close()
+    rows = _score(config, _shapes(tmp_path, 4, task="t2i", prompt="a shape"))
     assert [r["status"] for r in rows] == ["ok"] * 4, [r["error"] for r in rows]
     assert {r["asks"] for r in rows} == {2}
     for row in rows:  # the row holds the second answers, complete
@@ -84,11 +85,7 @@ def test_parallel_rendering_gives_each_sample_its_own_answers(tiny_models, tmp_p
     for cache_gb in (0, 1):
         config = ScoreConfig(model=str(tiny_models["qwen3vl"]), max_model_len=2048, max_num_seqs=4, max_tokens=48,
                              enforce_eager=True, preprocess_threads=4, mm_processor_cache_gb=cache_gb)
-        stage = VLLMStage(config, "cpu")
-        try:
-            rows = list(stage.process(_Feed(_shapes(tmp_path, 10))))
-        finally:
-            stage.close()
+        rows = _score(config, _shapes(tmp_path, 10))
         assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
         results[cache_gb] = {r["key"]: (r["prompt_tokens"], r["raw_response"]) for r in rows}
     assert results[0] == results[1]
@@ -110,10 +107,6 @@ def test_a_second_judge_architecture_qwen25vl(tiny_models, tmp_path):
     items = _shapes(tmp_path, 3, task="edit", prompt="make it red")
     for item in items:
         item["source_image"] = item["image_path"]
-    stage = VLLMStage(config, "cpu")
-    try:
-        rows = list(stage.process(_Feed(items)))
-    finally:
-        stage.close()
+    rows = _score(config, items)
     assert [r["status"] for r in rows] == ["ok"] * 3, [r["error"] for r in rows]
     assert all(r["template"] == "viescore-edit" and r["prompt_tokens"] > 20 for r in rows)
