@@ -219,7 +219,7 @@ def build_lora(out: Path) -> None:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    transformer = QwenImageTransformer2DModel.from_pretrained(ensure("t2i") / "transformer")
+    transformer = QwenImageTransformer2DModel.from_pretrained(ensure("t2i", out.parent) / "transformer")
     torch.manual_seed(6)
     transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
                                        target_modules=["to_q", "to_k", "to_v", "to_out.0"]))

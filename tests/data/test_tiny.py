@@ -13,7 +13,7 @@ def test_two_builds_give_identical_files(tmp_path):
     for name in tiny.MODELS:
         a = _files(tiny.ensure(name, tmp_path / "a"))
         b = _files(tiny.ensure(name, tmp_path / "b"))
-        assert a.keys() == b.keys() and len(a) > 3
+        assert a.keys() == b.keys() and any(k.endswith(".safetensors") for k in a)
         assert a == b, f"{name}: files differ: {[k for k in a if a[k] != b.get(k)]}"
 
 
