@@ -1,5 +1,5 @@
-"""How many rows per second the local executor's parent can route: work out to the workers, rows
-back, each row written to a manifest (journal line, shards), as in `score.run`.
+"""How many rows per second the local executor can route: work out to the workers, each row
+written by its worker to the manifest (journal line, shards), an acknowledgement back, as in `score.run`.
 
     python benchmarks/executor_bench.py --workers 2 --items 20000
 
@@ -16,34 +16,58 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-class Echo:
+from pool.stage import Feed, Stage, items_of  # noqa: E402
+
+
+class Echo(Stage):
     """A stage that scores nothing: one ok row per item, at once."""
 
     prefetch = 256  # as a scoring replica asks ahead
 
-    def __init__(self, config: None, device: str):
-        pass  # the stage contract: Stage(config, device)
+    def load(self, device: str) -> None:
+        pass
 
-    def process(self, feed: Iterable[dict]) -> Iterator[dict]:
-        for item in feed:
+    def failed_row(self, item: dict, reason: str) -> dict:
+        return {"key": item["key"], "index": item["index"], "status": "failed", "error": reason}
+
+    def process(self, feed: Feed) -> Iterator[dict]:
+        for item in items_of(feed):
             now = time.time()
             yield {"key": item["key"], "index": item["index"], "image_path": item["image_path"], "status": "ok",
-                   "caption": "a caption of the usual length " * 10, "started_at": now, "duration_s": 0.0}
+                   "caption": "a caption of the usual length " * 10, "started_at": now, "duration_s": 0.0,
+                   "attempt": 1}
 
 
-def failed(item: dict, reason: str) -> dict:
-    return {"key": item["key"], "index": item["index"], "status": "failed", "error": reason}
+class Timed:
+    """Progress that keeps each row's arrival time at the parent."""
+
+    def __init__(self):
+        self.arrivals: list[float] = []
+
+    def add_total(self, n: int) -> None:
+        pass
+
+    def worker_started(self, slot: int, device: str) -> None:
+        pass
+
+    def row(self, slot: int, ok: bool) -> None:
+        self.arrivals.append(time.time())
+
+    def close(self) -> None:
+        pass
 
 
 def main() -> None:
-    from data.manifest import SCORE_SCHEMA, ManifestWriter
-    from pool.executor import Executor
+    from data.manifest import SCORE_SCHEMA
+    from pool.devices import Placement
+    from pool.executor import LocalExecutor
+    from pool.stage import ExecutorOptions, FaultPolicy, FixedWork, Output
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -51,18 +75,13 @@ def main() -> None:
     args = parser.parse_args()
     items = [{"key": f"{i:07d}", "index": i, "image_path": f"/data/images/{i:07d}.png", "prompt": "p" * 150}
              for i in range(args.items)]
-    arrivals: list[float] = []
+    timed = Timed()
     with tempfile.TemporaryDirectory() as folder:
-        writer = ManifestWriter(Path(folder) / "manifest", SCORE_SCHEMA)
-
-        def on_row(row: dict) -> None:
-            writer.add(row)
-            arrivals.append(time.time())
-
         start = time.time()
-        Executor(f"{Path(__file__).stem}:Echo", None, ["cpu"] * args.workers, on_row, failed).run(items)
+        LocalExecutor(Placement(["cpu"] * args.workers), FaultPolicy(), ExecutorOptions()).run(
+            Echo(), FixedWork(items), Output(str(Path(folder) / "manifest"), SCORE_SCHEMA), timed)
         wall = time.time() - start
-        writer.close()
+    arrivals = timed.arrivals
     span = arrivals[-1] - arrivals[0]
     print(json.dumps({"workload": f"{args.items} items, {args.workers} workers, an instant stage",
                       "rows": len(arrivals), "rows_per_s": round(len(arrivals) / span), "wall_s": round(wall, 2)}))

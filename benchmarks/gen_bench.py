@@ -124,7 +124,8 @@ def run_bare(task: str, model: Path, manifest: Path, out: Path, args) -> dict:
     import torch
     from PIL import Image
 
-    from gen.pipeline import dummy_pipeline, torch_dtype
+    from data.models import torch_dtype
+    from gen.pipeline import dummy_pipeline
 
     start = time.time()
     device = args.device.split(",")[0]

@@ -60,7 +60,8 @@ def build(task: str, mode: str, device: str, tiny: bool):
 
     from data import tiny as tiny_models
     from gen.config import GenConfig
-    from gen.pipeline import speed_up, torch_dtype
+    from data.models import torch_dtype
+    from gen.pipeline import speed_up
 
     torch.manual_seed(0)
     config = QwenImageTransformer2DModel.load_config(tiny_models.ensure(task) / "transformer") if tiny else {}

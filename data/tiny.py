@@ -320,13 +320,6 @@ def ensure(name: str, root: Path = DEFAULT_DIR) -> Path:
     return out
 
 
-def resolve_model(spec: str, root: Path = DEFAULT_DIR) -> str:
-    """`tiny:NAME` names a tiny model (built on demand); anything else passes through."""
-    if spec.startswith("tiny:"):
-        return str(ensure(spec.removeprefix("tiny:"), root))
-    return spec
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data.tiny", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="folder for the models")

@@ -18,18 +18,10 @@ from typing import Any
 
 import numpy as np
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+from data.models import torch_dtype
 
 # Pipelines that take exactly one sample per call.
 SINGLE_SAMPLE = {"QwenImageEditPlusPipeline"}
-
-
-def torch_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        name = "bf16" if device.startswith("cuda") else "fp32"
-    return getattr(torch, DTYPES[name])
 
 
 def check_model(model: str, task: str) -> None:

@@ -18,10 +18,10 @@ import numpy as np
 
 from data.images import open_rgb
 from data.manifest import GEN_SCHEMA, empty_row
-from data.tiny import resolve_model
+from data.models import resolve_model
 from gen.config import GenConfig
 from gen.pipeline import Params, TaskAdapter, apply_loras, load_pipeline, parse_lora, speed_up
-from pool.executor import Feed
+from pool.stage import Feed, Stage
 
 
 def image_name(key: str, seed: int) -> str:
@@ -47,13 +47,21 @@ def failed_row(sample: dict, config: GenConfig, reason: str) -> dict:
     return row
 
 
-class GenStage:
-    def __init__(self, config: GenConfig, device: str):
+class GenStage(Stage):
+    def __init__(self, config: GenConfig):
+        self.config = config
+        self.prefetch = 2 * config.batch_size
+
+    def failed_row(self, item: dict, reason: str) -> dict:
+        return failed_row(item, self.config, reason)
+
+    def load(self, device: str) -> None:
         import torch
 
+        config = self.config
         if device == "cpu":
             torch.set_num_threads(int(os.environ.get("GENSCORE_CPU_THREADS", "1")))
-        self.config, self.device = config, device
+        self.device = device
         self.pipe = load_pipeline(resolve_model(config.model), config.dtype, device, config.cpu_offload,
                                   config.scheduler, config.load_format)
         apply_loras(self.pipe, [(resolve_model(w), scale) for w, scale in map(parse_lora, config.lora or [])])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 
 
 def visible_gpus() -> list[str] | None:
@@ -86,6 +87,35 @@ def plan_devices(devices: str | None, gpus: list[int] | None, group_size: int = 
                              f"have {len(ids)} ({ids})")
         groups = groups[:replicas]
     return ["cuda:" + "+".join(str(g) for g in group) for group in groups]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's workers go, decided once. `devices` holds one device string per worker; None
+    leaves the count to the executor's cluster (Ray with no --devices or --gpus): `replicas`
+    workers, or as many as its GPUs allow, of `gpus_per_replica` GPUs each."""
+
+    devices: list[str] | None
+    gpus_per_replica: int = 1
+    replicas: int | None = None
+
+    def describe(self) -> str:
+        if self.devices is not None:
+            return describe(self.devices)
+        each = f" of {self.gpus_per_replica} GPUs" if self.gpus_per_replica > 1 else ""
+        return f"{self.replicas or 'every'} replica(s){each} over the Ray cluster's GPUs"
+
+
+def place(devices: str | None = None, gpus: list[int] | None = None, gpus_per_replica: int = 1,
+          replicas: int | None = None, replicas_per_gpu: int = 1, on_cluster: bool = False) -> Placement:
+    """The placement of a run's flags. `on_cluster`: the executor spans machines (Ray), so with no
+    --devices or --gpus its own cluster decides how many workers there are."""
+    if replicas_per_gpu < 1 or (replicas_per_gpu > 1 and on_cluster):
+        raise ValueError("--replicas-per-gpu takes a number >= 1, and more than 1 only with --engine local")
+    if on_cluster and not devices and not gpus:
+        return Placement(None, gpus_per_replica, replicas)
+    planned = plan_devices(devices, gpus, group_size=gpus_per_replica, replicas=replicas)
+    return Placement([d for d in planned for _ in range(replicas_per_gpu)], gpus_per_replica, replicas)
 
 
 def require_fp8_gpus(devices: list[str] | None) -> None:

@@ -1,24 +1,24 @@
 """The local executor: one process per device, a shared work queue, fault handling.
 
-This is the only code that knows about processes and devices. A stage is a class
-`Stage(config, device)` whose `process(feed)` consumes items from `feed` and yields one result
-row per item; it never sees queues or other workers.
+This is the only code that knows about local processes and devices. Each worker loads its copy
+of the stage (pool/stage.py), pulls items through a `Feed` and writes its rows itself (its own
+journal and shards in the run's manifest); it tells the parent only which key finished.
 
 Protocol: a worker loads its stage, says `ready`, then asks for work (`want`, n items); the
-parent answers from the queue, so faster devices take more. Each result comes back as a `row`.
-Work starts once every worker has loaded (a replica that loads first would otherwise fill its
-whole window, possibly the whole run, while the others are still loading), and no worker holds
-more than an even share of the work left.
+parent answers from the queue, so faster devices take more. Each finished item comes back as a
+`done` message. Work starts once every worker has loaded (a replica that loads first would
+otherwise fill its whole window, possibly the whole run, while the others are still loading),
+and no worker holds more than an even share of the work left.
 Each worker talks back over its own pipe: a worker killed mid-write can only break its own
 channel (a shared multiprocessing.Queue would stay locked and hang every other worker).
-A worker that dies is replaced; the items it held are retried (`max_retries` times) and then
-returned as failed rows, so every item ends with exactly one row.
+A worker that dies is replaced; the items it held are retried (`max_retries` times, each retry a
+new attempt) and then written by the parent as failed rows, so every item ends with a row.
+Items can keep arriving while the run goes (`Work.poll`): a run that follows another one.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib
 import multiprocessing as mp
 import os
 import queue
@@ -26,24 +26,21 @@ import signal
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from multiprocessing.connection import Connection, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool.devices import local_device, process_env
+from data.manifest import ManifestWriter
+from pool.devices import Placement, local_device, process_env
 from pool.progress import Progress
+from pool.stage import ExecutorOptions, FaultPolicy, Output, PoolError, Stage, Work
 
-MAX_RESTARTS = 3  # per device slot: a device that keeps dying is given up on
-START_GRACE_S = 300  # after the first worker is ready, wait at most this long for the others
-
-
-class PoolError(RuntimeError):
-    """No worker could start (bad model path, missing library...): the message says why."""
+POLL_S = 2.0  # how often a run that follows another looks for new items
 
 
-class Feed:
+class QueueFeed:
     """A worker's view of the work queue: items arrive on request, `prefetch` ahead."""
 
     def __init__(self, wid: int, inbox: Any, send: Callable[[tuple], None], prefetch: int):
@@ -85,13 +82,6 @@ class Feed:
         self._request()
         return taken
 
-    def __iter__(self) -> Iterator[dict]:
-        while True:
-            items = self.take(1)
-            if not items:
-                return
-            yield items[0]
-
 
 def _own_process_group() -> None:
     """Lead a process group (so the parent can kill engine subprocesses with us) and die with
@@ -122,26 +112,27 @@ def _to_log(path: str) -> None:
     os.close(fd)
 
 
-def _worker_main(wid: int, device: str, env: dict[str, str], stage_path: str, config: Any,
+def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: Stage, output: Output,
                  inbox: Any, outbox: Connection, load_lock: Any, log_path: str | None) -> None:
     _own_process_group()
     os.environ.update(env)
     if log_path:
         _to_log(log_path)
     try:
-        module, name = stage_path.split(":")
         with load_lock if load_lock is not None else nullcontext():
-            stage = getattr(importlib.import_module(module), name)(config, local_device(device))
+            stage.load(local_device(device))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
         traceback.print_exc()  # into the worker's log (or the terminal with --verbose)
         outbox.send(("fatal", wid, one_line(f"{type(exc).__name__}: {exc}"), log_path or "the output above"))
         return
+    writer = ManifestWriter(output.folder, output.schema, tag=f"worker{slot}")
     outbox.send(("ready", wid))
-    feed = Feed(wid, inbox, outbox.send, getattr(stage, "prefetch", 1))
-    for row in stage.process(feed):
-        outbox.send(("row", wid, row))
-    if hasattr(stage, "close"):
-        stage.close()
+    for row in stage.process(QueueFeed(wid, inbox, outbox.send, stage.prefetch)):
+        row.update(device=device, worker=slot)
+        writer.add(row)  # on disk before the parent hears of it: a finished row is never lost
+        outbox.send(("done", wid, row["key"], row.get("status") == "ok", stage.line(row)))
+    writer.close()
+    stage.close()
     outbox.send(("exit", wid))
 
 
@@ -165,26 +156,23 @@ class _Worker:
     done: bool = False
 
 
-@dataclass
-class Executor:
-    """Runs `stage_path` ("module:Class") over items on `devices`, calling `on_row` per result."""
+class LocalExecutor:
+    """Runs a stage on this machine, one process per device of the placement."""
 
-    stage_path: str
-    config: Any
-    devices: list[str]
-    on_row: Callable[[dict], None]
-    failed_row: Callable[[dict, str], dict]  # (item, reason) -> the failed row for that item
-    max_retries: int = 1
-    serial_load: bool = False
-    progress: Progress | None = None
-    log_dir: str | None = None  # each worker's output goes to <log_dir>/worker-<slot>.log; None: the terminal
+    def __init__(self, placement: Placement, policy: FaultPolicy, options: ExecutorOptions):
+        if placement.devices is None:
+            raise ValueError("the local executor needs its devices planned (pool.devices.place)")
+        self.devices, self.policy, self.log_dir = placement.devices, policy, options.log_dir
 
-    def run(self, items: list[dict]) -> None:
+    def run(self, stage: Stage, work: Work, output: Output, progress: Progress | None = None) -> None:
         ctx = mp.get_context("spawn")
-        self._ctx = ctx
-        self._lock = ctx.Lock() if self.serial_load else None
-        self._queue: deque[dict] = deque(items)
-        self._remaining = len(items)
+        self._ctx, self._stage, self._output, self._progress, self._work = ctx, stage, output, progress, work
+        self._lock = ctx.Lock() if self.policy.serial_load else None
+        self._queue: deque[dict] = deque()
+        self._remaining = 0  # items handed to us that have no row yet
+        self._last_items = False
+        self._last_poll = 0.0
+        self._writer: ManifestWriter | None = None  # the parent's rows: items of workers that died
         self._workers: dict[int, _Worker] = {}
         self._restarts = [0] * len(self.devices)
         self._next_wid = 0
@@ -198,13 +186,27 @@ class Executor:
         self._envs = [process_env(d, slot, cpu_workers) for slot, d in enumerate(self.devices)]
         graceful = False
         try:
-            for slot in range(len(self.devices)):
-                self._spawn(slot)
-            while self._remaining > 0:
+            self._poll()
+            if self._remaining or not self._last_items:
+                for slot in range(len(self.devices)):
+                    self._spawn(slot)
+            while self._remaining > 0 or not self._last_items:
                 self._step()
             graceful = True
         finally:
             self._shutdown(graceful)
+
+    def _poll(self) -> None:
+        """Take the items that arrived since the last look (all of them at once for a fixed list)."""
+        if self._last_items or time.monotonic() - self._last_poll < POLL_S:
+            return
+        self._last_poll = time.monotonic()
+        items, self._last_items = self._work.poll()
+        self._queue.extend(items)
+        self._remaining += len(items)
+        if items and self._progress:
+            self._progress.add_total(len(items))
+        self._dispatch()
 
     def _spawn(self, slot: int) -> None:
         wid, self._next_wid = self._next_wid, self._next_wid + 1
@@ -216,16 +218,17 @@ class Executor:
             log_path = os.path.join(self.log_dir, f"worker-{slot}.log")
         process = self._ctx.Process(
             target=_worker_main, name=f"genscore-worker-{wid}", daemon=False,
-            args=(wid, self.devices[slot], self._envs[slot], self.stage_path, self.config, inbox, send, self._lock,
-                  log_path),
+            args=(wid, slot, self.devices[slot], self._envs[slot], self._stage, self._output, inbox, send,
+                  self._lock, log_path),
         )
         process.start()
         send.close()  # the child holds the write end; EOF then means it is gone
         self._workers[wid] = _Worker(wid, self.devices[slot], slot, process, inbox, receive)
-        if self.progress:
-            self.progress.worker_started(slot, self.devices[slot])
+        if self._progress:
+            self._progress.worker_started(slot, self.devices[slot])
 
     def _step(self) -> None:
+        self._poll()
         if time.monotonic() - self._last_check > 1.0:
             self._check_workers()
         by_conn = {w.conn: w for w in self._workers.values()}
@@ -254,17 +257,19 @@ class Executor:
         elif kind == "want":
             worker.asked += message[2]
             self._dispatch()
-        elif kind == "row":
-            self._finish(worker, message[2])
+        elif kind == "done":
+            self._finish(worker, message[2], message[3], message[4])
         elif kind == "fatal":
             self._fatal(worker, message[2], message[3])
         elif kind == "exit":
             worker.done = True
 
     def _dispatch(self) -> None:
+        if not self._workers:
+            return
         if not self._started:
             waited = time.monotonic() - (self._first_ready_at or time.monotonic())
-            self._started = all(w.ready for w in self._workers.values()) or waited > START_GRACE_S
+            self._started = all(w.ready for w in self._workers.values()) or waited > self.policy.start_grace_s
             if not self._started:
                 return
         outstanding = len(self._queue) + sum(len(w.held) for w in self._workers.values())
@@ -278,13 +283,13 @@ class Executor:
             worker.held.update({item["key"]: item for item in items})
             worker.inbox.put({"items": items, "asked": n})
 
-    def _finish(self, worker: _Worker, row: dict) -> None:
-        worker.held.pop(row["key"], None)
-        row.update(device=worker.device, worker=worker.slot)
-        self.on_row(row)
+    def _finish(self, worker: _Worker, key: str, ok: bool, line: str | None) -> None:
+        worker.held.pop(key, None)
         self._remaining -= 1
-        if self.progress:
-            self.progress.row(worker.slot, row.get("status") == "ok")
+        if line:
+            print(line, flush=True)
+        if self._progress:
+            self._progress.row(worker.slot, ok)
         self._dispatch()  # asks held back by the even-share cap are served as work drains
 
     def _fatal(self, worker: _Worker, message: str, where: str) -> None:
@@ -306,7 +311,7 @@ class Executor:
                 self._drain(worker)  # its last messages first: rows, or why it could not start
                 if worker.wid in self._workers and not worker.done:
                     self._on_death(worker)
-        if not self._workers and self._remaining > 0:
+        if not self._workers and (self._remaining > 0 or not self._last_items):
             raise PoolError("every worker died; last errors: " + "; ".join(self._errors[-3:]))
         self._dispatch()  # the start grace period may have run out
 
@@ -317,20 +322,29 @@ class Executor:
         del self._workers[worker.wid]
         self._errors.append(f"{worker.device}: exit code {code}")
         self._requeue_or_fail(worker, f"worker on {worker.device} died (exit code {code})")
-        if self._restarts[worker.slot] < MAX_RESTARTS:
+        if self._restarts[worker.slot] < self.policy.max_restarts:
             self._restarts[worker.slot] += 1
             self._spawn(worker.slot)
         self._dispatch()
 
     def _requeue_or_fail(self, worker: _Worker, reason: str) -> None:
         for item in list(worker.held.values()):
-            item["_tries"] = item.get("_tries", 0) + 1
-            if item["_tries"] <= self.max_retries:
+            # A new attempt: the dead worker may have journaled a row for this one already.
+            item = {**item, "attempt": item.get("attempt", 1) + 1, "_tries": item.get("_tries", 0) + 1}
+            if item["_tries"] <= self.policy.max_retries:
                 self._queue.appendleft(item)
             else:
-                self._finish(worker, self.failed_row(item, reason))
+                self._write_failed(worker, item, reason)
         worker.held.clear()
         self._dispatch()
+
+    def _write_failed(self, worker: _Worker, item: dict, reason: str) -> None:
+        if self._writer is None:
+            self._writer = ManifestWriter(self._output.folder, self._output.schema, tag="driver")
+        row = self._stage.failed_row(item, reason)
+        row.update(device=worker.device, worker=worker.slot)
+        self._writer.add(row)
+        self._finish(worker, row["key"], False, self._stage.line(row))
 
     def _shutdown(self, graceful: bool) -> None:
         """Let workers finish (their engines shut down cleanly), then kill what is left."""
@@ -341,16 +355,7 @@ class Executor:
         for worker in self._workers.values():
             worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
             _kill_group(worker.process.pid)  # stragglers: a stuck worker, its engine processes
-        if self.progress:
-            self.progress.close()
-
-
-def make_executor(engine: str, ray_address: str, ray_batch_size: int, gpus_per_worker: int, **kwargs):
-    """The local executor, or with `engine="ray"` the Ray Data one, which keeps the same contract."""
-    if engine == "ray":
-        from pool.ray_executor import RayExecutor
-
-        kwargs.pop("serial_load", None)
-        kwargs.pop("log_dir", None)  # Ray keeps each actor's output in its own session logs
-        return RayExecutor(address=ray_address, batch_size=ray_batch_size, gpus_per_worker=gpus_per_worker, **kwargs)
-    return Executor(**kwargs)
+        if self._writer is not None:
+            self._writer.close()
+        if self._progress:
+            self._progress.close()

@@ -38,6 +38,13 @@ class Progress:
             self._tqdm = tqdm
             self._overall = tqdm(total=total, desc="overall", unit=unit, position=0, dynamic_ncols=True)
 
+    def add_total(self, n: int) -> None:
+        """More items to do than counted at the start (a run following another)."""
+        self.total += n
+        if self._overall is not None:
+            self._overall.total = self.total
+            self._overall.refresh()
+
     def worker_started(self, slot: int, device: str) -> None:
         if slot not in self.slots:
             self.slots[slot] = _Slot(device)

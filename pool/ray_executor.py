@@ -1,115 +1,120 @@
 """The Ray executor: the same stages as the local executor, as a Ray Data actor pool.
 
 One actor per worker (a GPU, a tensor-parallel group of GPUs, or a CPU slot), anywhere in the
-cluster; each holds one stage (a diffusers pipeline, a vLLM replica) for the whole run and gets
-batches of items through `map_batches`. Rows stream back to the driver, which writes the
-manifest exactly as the local engine does, so resume, reports and the notebook do not change.
-The output folder must be on a filesystem every node sees (images are written by the actors).
+cluster; each loads one stage (a diffusers pipeline, a vLLM replica) for the whole job and gets
+batches of items through `map_batches`. Each actor writes its own rows to the run's manifest, as
+a local worker does, and sends the driver only each row's key and status; journals of actors that
+Ray tears down are sealed by the runner. The output folder must be on a filesystem every node sees.
 
-Items and rows cross Ray as JSON strings: Arrow then never has to guess a column's type from a
-batch that happens to hold only None. A batch whose stage raises comes back as failed rows, and
-Ray restarts an actor that dies and re-runs its batch, so the job itself does not die.
+The fault policy is the local one: an item whose actor dies is retried (`max_retries`, Ray's task
+retries; the actor restarts up to `max_restarts` times); a batch whose stage raises is re-run one
+item at a time, so only the item at fault gets a failed row. Start gating and even shares have no
+Ray counterpart: Ray Data hands batches to actors as they come up.
+Items cross Ray as JSON strings: Arrow then never has to guess a column's type from a batch that
+happens to hold only None. A run that follows another runs one Ray job per batch of new items.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import socket
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+import time
 
-from pool.devices import group_size
+from data.manifest import ManifestWriter
+from pool.devices import Placement, group_size
 from pool.progress import Progress
+from pool.stage import ExecutorOptions, FaultPolicy, ListFeed, Output, Stage, Work
 
-
-class ListFeed:
-    """A Feed over one batch of items: what the stages read from, without a parent process."""
-
-    def __init__(self, items: list[dict]):
-        self.buffer = deque(items)
-        self.exhausted = not self.buffer
-
-    def take(self, n: int, block: bool = True) -> list[dict]:
-        taken = [self.buffer.popleft() for _ in range(min(n, len(self.buffer)))]
-        self.exhausted = not self.buffer
-        return taken
-
-    def __iter__(self) -> Iterator[dict]:
-        while self.buffer:
-            yield self.take(1)[0]
+POLL_S = 5.0
 
 
 class StageActor:
-    """Holds one stage for the actor's life; turns a batch of items into a batch of rows."""
+    """Holds one loaded stage for the actor's life; turns a batch of items into rows on disk."""
 
-    def __init__(self, stage_path: str, config: Any, gpus: int, failed_row: Callable[[dict, str], dict]):
+    def __init__(self, stage: Stage, output: Output, gpus: int):
         if not gpus:  # Ray sets CUDA_VISIBLE_DEVICES for GPU actors; CPU actors share the cores politely
             os.environ.update({"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "GENSCORE_CPU_THREADS": "1",
                                "VLLM_CPU_OMP_THREADS_BIND": "nobind"})
-        module, name = stage_path.split(":")
+        else:
+            os.environ.setdefault("OMP_NUM_THREADS", "1")  # as pool.devices.process_env does locally
         self.device = "cuda" if gpus else "cpu"
-        self.stage = getattr(importlib.import_module(module), name)(config, self.device)
-        self.failed_row = failed_row
+        stage.load(self.device)
+        self.stage = stage
         self.label = f"ray:{socket.gethostname()}:{self.device}"
+        self.writer = ManifestWriter(output.folder, output.schema, tag=f"ray-{socket.gethostname()}-{os.getpid()}")
 
     def __call__(self, batch: dict) -> dict:
         items = [json.loads(text) for text in batch["item"]]
         try:
             rows = list(self.stage.process(ListFeed(items)))
-        except Exception as exc:  # noqa: BLE001 - a broken batch becomes failed rows, not a dead job
-            rows = [self.failed_row(item, f"{type(exc).__name__}: {exc}") for item in items]
+        except Exception:  # noqa: BLE001 - find the item at fault: one at a time
+            rows = [self._one(item) for item in items]
+        acks = []
         for row in rows:
             row.update(device=self.label, worker=os.getpid())
-        return {"row": [json.dumps(row, default=str) for row in rows]}
+            self.writer.add(row)
+            acks.append(json.dumps([row["key"], row.get("status") == "ok", self.stage.line(row)]))
+        return {"ack": acks}
+
+    def _one(self, item: dict) -> dict:
+        try:
+            return list(self.stage.process(ListFeed([item])))[0]
+        except Exception as exc:  # noqa: BLE001 - this item breaks the stage: its own failed row
+            return self.stage.failed_row(item, f"{type(exc).__name__}: {exc}")
 
 
-@dataclass
 class RayExecutor:
-    """Runs `stage_path` over items on a Ray cluster, calling `on_row` per result in the driver."""
+    """Runs a stage over a Ray cluster: `options.ray_address` ("local" starts a private instance)."""
 
-    stage_path: str
-    config: Any
-    devices: list[str] | None  # one per actor (cpu, cuda:N, cuda:N+M); None = every GPU in the cluster
-    on_row: Callable[[dict], None]
-    failed_row: Callable[[dict, str], dict]
-    gpus_per_worker: int = 1  # with devices None: the tensor-parallel group size
-    address: str = "auto"
-    batch_size: int = 16
-    max_retries: int = 1
-    progress: Progress | None = None
+    def __init__(self, placement: Placement, policy: FaultPolicy, options: ExecutorOptions):
+        self.placement, self.policy, self.options = placement, policy, options
 
-    def run(self, items: list[dict]) -> None:
+    def _actors(self, ray) -> tuple[int, int]:
+        """(actors, GPUs per actor): the placement's devices, or the cluster's GPUs when it names none."""
+        devices = self.placement.devices
+        if devices:
+            return len(devices), group_size(devices[0]) if devices[0].startswith("cuda") else 0
+        gpus = self.placement.gpus_per_replica
+        actors = self.placement.replicas or int(ray.cluster_resources().get("GPU", 0)) // gpus
+        if not actors:
+            raise RuntimeError(f"the Ray cluster at {self.options.ray_address!r} has no GPUs; "
+                               "pass --devices cpu to run on CPUs")
+        return actors, gpus
+
+    def run(self, stage: Stage, work: Work, output: Output, progress: Progress | None = None) -> None:
         import ray
 
         if not ray.is_initialized():
-            # "local" starts a private instance (tests, one machine); otherwise join a cluster
-            ray.init(address=None if self.address == "local" else self.address, log_to_driver=False)
-        if self.devices:
-            workers = len(self.devices)
-            gpus = group_size(self.devices[0]) if self.devices[0].startswith("cuda") else 0
-        else:
-            gpus = self.gpus_per_worker
-            workers = int(ray.cluster_resources().get("GPU", 0)) // gpus
-            if not workers:
-                raise RuntimeError(f"the Ray cluster at {self.address!r} has no GPUs; pass --devices cpu to run on CPUs")
+            address = None if self.options.ray_address == "local" else self.options.ray_address
+            ray.init(address=address, log_to_driver=False)
+        actors, gpus = self._actors(ray)
+        if progress:
+            progress.worker_started(0, f"ray x{actors}")
+        last = False
+        while not last:
+            items, last = work.poll()
+            if items:
+                self._job(ray, stage, items, output, progress, actors, gpus)
+            elif not last:
+                time.sleep(POLL_S)
+        if progress:
+            progress.close()
+
+    def _job(self, ray, stage: Stage, items: list[dict], output: Output, progress: Progress | None,
+             actors: int, gpus: int) -> None:
+        if progress:
+            progress.add_total(len(items))
         data = ray.data.from_items([{"item": json.dumps(item, default=str)} for item in items])
-        rows = data.map_batches(
-            StageActor, batch_size=self.batch_size, batch_format="numpy", concurrency=workers,
-            num_gpus=gpus or None, num_cpus=1,
-            fn_constructor_kwargs=dict(stage_path=self.stage_path, config=self.config, gpus=gpus,
-                                       failed_row=self.failed_row),
-            max_restarts=self.max_retries, max_task_retries=self.max_retries,
+        acks = data.map_batches(
+            StageActor, batch_size=self.options.ray_batch_size, batch_format="numpy",
+            concurrency=min(actors, len(items)), num_gpus=gpus or None, num_cpus=1,
+            fn_constructor_kwargs=dict(stage=stage, output=output, gpus=gpus),
+            max_restarts=self.policy.max_restarts, max_task_retries=self.policy.max_retries,
         )
-        if self.progress:
-            self.progress.worker_started(0, f"ray x{workers}")
-        for record in rows.iter_rows():
-            row = json.loads(record["row"])
-            self.on_row(row)
-            if self.progress:
-                self.progress.row(0, row.get("status") == "ok")
-        if self.progress:
-            self.progress.close()
+        for record in acks.iter_rows():
+            key, ok, line = json.loads(record["ack"])
+            if line:
+                print(line, flush=True)
+            if progress:
+                progress.row(0, ok)

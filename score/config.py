@@ -20,6 +20,11 @@ class ScoreConfig:
                                  "(default: the newest run under runs/)")
     output_dir: str | None = _f(None, "score folder (default: <input run>/scores, or <input>-scores)")
     gen_config: str | None = _f(None, "a gen YAML to run first; its output is then scored (two-stage flow)")
+    gen_devices: str | None = _f(None, "with --gen-config: run generation on these devices (e.g. cuda:0) while "
+                                       "scoring follows it on --devices/--gpus; default: generate, then score")
+    follow: bool = _f(False, "score a gen run's rows as they land, until the run is complete")
+    follow_timeout_s: float = _f(1800, "with --follow: give up after this long without a new row from an "
+                                       "unfinished run")
     protocol: Literal["viescore", "editscore", "genscore"] = _f(
         "viescore", "judging protocol for edit and t2i: viescore (VIEScore as GEdit-Bench runs it), editscore "
                     "(EditScore's 0-25 scale, sampled passes; edits only), genscore (genscore's own v1 prompts)")
@@ -94,7 +99,7 @@ class ScoreConfig:
 
 
 RUNTIME_FIELDS = {
-    "output_dir", "gen_config", "num_samples", "offset", "backend", "replicas", "tp", "gpus", "devices",
+    "output_dir", "gen_config", "gen_devices", "follow", "follow_timeout_s", "num_samples", "offset", "backend", "replicas", "tp", "gpus", "devices",
     "replicas_per_gpu",
     "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
     "preprocess_threads", "mm_processor_cache_gb", "batch_size", "kv_cache_gb", "print_samples", "write_txt",

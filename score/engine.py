@@ -18,12 +18,12 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from data.tiny import resolve_model
-from score.model_info import QWEN_VL_TYPES, model_type
-from gen.pipeline import DTYPES
-from pool.executor import Feed
+from data.models import DTYPES, resolve_model
+from pool.stage import Feed
 from score.config import ScoreConfig
-from score.judge import Judge, Prepared, Request, resolve_template
+from score.judge import Judge, Prepared, Request
+from score.model_info import QWEN_VL_TYPES, model_type
+from score.stage import ScoreStage
 
 
 def processor_kwargs(config: ScoreConfig, model: str) -> dict:
@@ -70,18 +70,17 @@ def set_cpu_kv_cache(config: ScoreConfig) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
 
 
-class VLLMStage:
-    def __init__(self, config: ScoreConfig, device: str):
+class VLLMStage(ScoreStage):
+    def load(self, device: str) -> None:
+        config = self.config
         if device == "cpu":
             set_cpu_kv_cache(config)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress, not vLLM's INFO stream
         from vllm import LLM
 
         tp = max(1, len([d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])) if device == "cuda" else 1
-        self.config = config
         self.llm = LLM(**engine_args(config, device, tp))
         self.engine = self.llm.llm_engine
-        self.tasks: dict[str, Judge] = {}
         self.tokenizer = self.llm.get_tokenizer()
         self.window = config.window or 2 * (max_num_seqs(config, device) or 512)
         self.prefetch = self.window
@@ -98,11 +97,6 @@ class VLLMStage:
         self.threads.shutdown(wait=False)
         self.engine.engine_core.shutdown()
 
-    def judge(self, task: str) -> Judge:
-        if task not in self.tasks:
-            self.tasks[task] = Judge(self.config, resolve_template(self.config, task), self.tokenizer)
-        return self.tasks[task]
-
     def _params(self, judge: Judge, request: Request):
         """The flags' sampling, or the protocol's own where it fixes one (EditScore samples)."""
         from vllm import SamplingParams
@@ -115,7 +109,7 @@ class VLLMStage:
         return SamplingParams(**sampling, structured_outputs=structured, ignore_eos=fixed,
                               min_tokens=judge.max_tokens if fixed else 0)
 
-    def process(self, feed: Feed) -> Iterator[dict]:
+    def rows(self, feed: Feed) -> Iterator[dict]:
         running: dict[str, _Running] = {}  # engine request id -> the sample it belongs to
         in_flight = 0                      # samples with requests in the engine
         preparing = 0                      # samples on the threads or waiting in self.ready

@@ -10,22 +10,27 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from data.tiny import resolve_model
-from gen.pipeline import torch_dtype
-from pool.executor import Feed
+from data.models import resolve_model, torch_dtype
+from pool.stage import Feed
 from score.config import ScoreConfig
-from score.judge import Judge, Prepared, Request, resolve_template
+from score.judge import Judge, Prepared, Request
+from score.stage import ScoreStage
 
 
-class TransformersStage:
-    def __init__(self, config: ScoreConfig, device: str):
+class TransformersStage(ScoreStage):
+    def __init__(self, config: ScoreConfig):
+        super().__init__(config)
+        self.prefetch = config.batch_size
+
+    def load(self, device: str) -> None:
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         if device == "cpu":
             torch.set_num_threads(int(os.environ.get("GENSCORE_CPU_THREADS", "1")))
+        config = self.config
         path = resolve_model(config.model)
-        self.config, self.device = config, device
+        self.device = device
         self.processor = AutoProcessor.from_pretrained(path, max_pixels=config.max_pixels, min_pixels=config.min_pixels)
         self.processor.tokenizer.padding_side = "left"
         dtype = torch_dtype(config.dtype, device)
@@ -35,16 +40,10 @@ class TransformersStage:
         else:
             self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, use_safetensors=True)
         self.model.to(device).eval()
-        self.judges: dict[str, Judge] = {}
-        self.prefetch = config.batch_size
+        self.tokenizer = self.processor.tokenizer
         self._grammars: dict[str, object] = {}
 
-    def judge(self, task: str) -> Judge:
-        if task not in self.judges:
-            self.judges[task] = Judge(self.config, resolve_template(self.config, task), self.processor.tokenizer)
-        return self.judges[task]
-
-    def process(self, feed: Feed) -> Iterator[dict]:
+    def rows(self, feed: Feed) -> Iterator[dict]:
         while items := feed.take(self.config.batch_size):
             prepared = [self.judge(item["task"]).prepare(item) for item in items]
             for p in prepared:

@@ -13,9 +13,12 @@ Text and image elements are not captioned; `--task auto` captions a layout.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
-from data.manifest import latest_records, read_manifest
+from data.manifest import ManifestReader, latest_of, latest_records, read_manifest
+from data.rundir import is_complete
 from data.sources import Columns, InputError, load_samples, safe_name
 
 SKIPPED_ELEMENTS = {"TextElement", "ImageElement"}
@@ -41,9 +44,54 @@ def run_samples(run: Path) -> list[dict]:
     table = read_manifest(run / "manifest")
     if table is None:
         raise InputError(f"{run}/manifest holds no rows yet")
-    rows = sorted((r for r in latest_records(table).values() if r["status"] == "ok"), key=lambda r: r["index"])
+    return gen_samples(run, latest_records(table).values())
+
+
+def gen_samples(run: Path, rows) -> list[dict]:
     fields = ("index", "sample_id", "key", "prompt", "category", "extra", "source_image", "task")
-    return [{**{f: r[f] for f in fields}, "image_path": str((run / r["image_path"]).resolve())} for r in rows]
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["index"])
+    return [{**{f: r[f] for f in fields}, "image_path": str((run / r["image_path"]).resolve())} for r in ok]
+
+
+def wait_for_run(run: Path, timeout_s: float) -> dict:
+    """The config of a gen run that may not have started yet (`--follow` launched first)."""
+    deadline = time.monotonic() + timeout_s
+    while not (run / "run.json").exists():
+        if time.monotonic() > deadline:
+            raise InputError(f"{run}: no gen run started there within {timeout_s:.0f} s")
+        time.sleep(1)
+    return json.loads((run / "run.json").read_text())["config"]
+
+
+class FollowRun:
+    """A gen run's ok rows as they land (journaled rows included), until it is marked complete.
+    A run that stops without completing (killed) is waited for: rerun gen and the rows go on."""
+
+    def __init__(self, run: Path, timeout_s: float, gen_process=None):
+        self.run, self.timeout_s, self.gen_process = run, timeout_s, gen_process  # gen_process: ours, if we started it
+        self.reader = ManifestReader(run / "manifest")
+        self.seen: set[str] = set()
+        self.last_new = self.last_said = time.monotonic()
+
+    def poll(self) -> tuple[list[dict], bool]:
+        last = is_complete(self.run)  # looked at first: a complete run's rows are all on disk by now
+        rows = latest_of(self.reader.rows()).values() if (self.run / "manifest").is_dir() else []
+        new = [s for s in gen_samples(self.run, rows) if s["key"] not in self.seen]
+        self.seen.update(s["key"] for s in new)
+        now = time.monotonic()
+        code = self.gen_process.poll() if self.gen_process is not None else None
+        if code is not None and not last and not is_complete(self.run):
+            raise InputError(f"generation stage ended (exit code {code}) before finishing; rerun the command "
+                             "(nothing generated or scored is lost)")
+        if new or last:
+            self.last_new = now
+        elif now - self.last_new > self.timeout_s:
+            raise InputError(f"{self.run}: no new row for {self.timeout_s:.0f} s and the run is not complete; "
+                             "rerun its gen command, then score --follow again (nothing scored is lost)")
+        elif now - self.last_said > 60:
+            self.last_said = now
+            print(f"score: waiting for {self.run} ({len(self.seen)} rows so far)", file=sys.stderr, flush=True)
+        return new, last
 
 
 def layout_samples(root: Path, image_root: str | None = None) -> list[dict]:

@@ -6,21 +6,22 @@ With no arguments it scores the newest run under runs/ (the demo) with the tiny 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
 from pathlib import Path
 
-from data.config import load_yaml, parse_config, to_dict
-from data.manifest import SCORE_SCHEMA, ManifestWriter, latest_status
-from data.rundir import RunDir, RunDirError
+from data.config import parse_config, to_dict
+from data.manifest import SCORE_SCHEMA
+from data.models import resolve_model
+from data.rundir import COMPLETE, RunDirError
 from data.sources import Columns, InputError, only_categories
-from gen.config import GenConfig
-from gen.run import select_todo
-from pool.devices import describe, gpu_memory_gib, physical_gpus, plan_devices, require_fp8_gpus
-from pool.executor import PoolError, make_executor
-from pool.progress import Progress
+from pool.devices import Placement, gpu_memory_gib, physical_gpus, place, require_fp8_gpus
+from pool.runner import RunSettings, StageSpec, run_stage
+from pool.stage import FaultPolicy, FixedWork, PoolError, Work
 from score.config import RUNTIME_FIELDS, ScoreConfig
-from score.inputs import default_output, is_layout, newest_run, score_samples
-from data.tiny import resolve_model
+from score.engine import VLLMStage
+from score.hf_backend import TransformersStage
+from score.inputs import FollowRun, default_output, is_layout, newest_run, score_samples, wait_for_run
 from score.judge import Judge, resolve_template
 from score.model_info import check_fits, context_length
 from score.templates import Template
@@ -28,18 +29,44 @@ from score.summary import print_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "configs" / "score_demo.yaml"
-STAGES = {"vllm": "score.engine:VLLMStage", "transformers": "score.hf_backend:TransformersStage"}
+STAGES = {"vllm": VLLMStage, "transformers": TransformersStage}
 
 
-def run_gen_first(config: ScoreConfig) -> str:
-    """The two-stage flow: run gen with its YAML, then score what it wrote."""
-    from gen.run import run as run_gen
+def start_gen(config: ScoreConfig) -> tuple[subprocess.Popen, str]:
+    """The two-stage flow: `python -m gen.run --config <gen_config>` as a process of its own (score
+    runs beside gen, never on top of it); with --gen-devices it runs there while scoring follows."""
+    import yaml
 
-    gen_config = GenConfig(**load_yaml(config.gen_config, GenConfig))
-    code = run_gen(gen_config)
+    out = (yaml.safe_load(Path(config.gen_config).read_text()) or {}).get("output_dir")
+    if not out:
+        raise InputError(f"{config.gen_config}: the two-stage flow needs the gen YAML's output_dir")
+    (Path(out) / COMPLETE).unlink(missing_ok=True)  # a finished earlier run must not end the follow at once
+    devices = ["--devices", config.gen_devices] if config.gen_devices else []
+    return subprocess.Popen([sys.executable, "-m", "gen.run", "--config", config.gen_config, *devices]), out
+
+
+def run_gen_first(config: ScoreConfig) -> tuple[str, subprocess.Popen | None]:
+    """The gen run's folder, and its process while it still runs (scoring then follows it)."""
+    process, out = start_gen(config)
+    if config.gen_devices:
+        return out, process
+    code = process.wait()
     if code != 0:
         raise InputError(f"generation stage failed (exit code {code}); not scoring")
-    return gen_config.output_dir
+    return out, None
+
+
+class FollowedWork:
+    """A followed run's new samples, kept to --categories and tagged with the task."""
+
+    def __init__(self, work: Work, task: str, categories: str | None):
+        self.work, self.task = work, task
+        self.categories = {c.strip() for c in categories.split(",")} if categories else None
+
+    def poll(self) -> tuple[list[dict], bool]:
+        samples, last = self.work.poll()
+        kept = [s for s in samples if self.categories is None or s["category"] in self.categories]
+        return [{**s, "task": self.task} for s in kept], last
 
 
 def pick_task(config: ScoreConfig, input_path: str, samples: list[dict]) -> str:
@@ -78,16 +105,9 @@ def print_prompts(template: Template, sample: dict) -> None:
                     print(part["text"])
 
 
-def replica_devices(config: ScoreConfig) -> list[str] | None:
-    """One device string per replica; None lets Ray use every GPU of its cluster."""
-    if config.replicas_per_gpu < 1 or (config.replicas_per_gpu > 1 and config.engine == "ray"):
-        raise ValueError("--replicas-per-gpu takes a number >= 1, and more than 1 only with --engine local")
-    if config.engine == "ray" and not config.devices and not config.gpus:
-        if config.replicas:  # N replicas of tp GPUs each, wherever Ray places them
-            return ["cuda:" + "+".join(map(str, range(config.tp)))] * config.replicas
-        return None
-    devices = plan_devices(config.devices, config.gpus, group_size=config.tp, replicas=config.replicas)
-    return [d for d in devices for _ in range(config.replicas_per_gpu)]
+def placement(config: ScoreConfig) -> Placement:
+    return place(config.devices, config.gpus, config.tp, config.replicas, config.replicas_per_gpu,
+                 on_cluster=config.engine == "ray")
 
 
 def check_quantize(config: ScoreConfig, devices: list[str] | None) -> None:
@@ -122,75 +142,66 @@ def replica_config(config: ScoreConfig) -> ScoreConfig:
     return dataclasses.replace(config, gpu_memory_utilization=share)
 
 
-def run(config: ScoreConfig) -> int:
-    input_path = run_gen_first(config) if config.gen_config else (config.input or str(newest_run()))
+def samples_of(config: ScoreConfig, input_path: str, out: Path) -> tuple[list[dict], str]:
+    """The samples to score and their task."""
     columns = Columns(config.id_column, config.prompt_column, config.source_column, config.category_column,
                       config.image_column)
-    out = Path(config.output_dir or default_output(input_path))
     samples = score_samples(input_path, columns, config.image_root, image_store=out / "inputs")
     samples = only_categories(samples, config.categories)
     end = None if config.num_samples is None else config.offset + config.num_samples
     samples = samples[config.offset:end]
     task = pick_task(config, input_path, samples)
+    return [{**s, "task": task} for s in samples], task
+
+
+def follow_work(config: ScoreConfig, input_path: str, gen_process=None) -> tuple[Work, str]:
+    """A gen run's rows as they land; the task is the run's own unless --task says."""
+    if config.num_samples is not None or config.offset:
+        raise ValueError("--follow scores every row as it lands: --num-samples and --offset do not apply")
+    task = config.task
+    if task == "auto":  # the run's own task, once it has started
+        task = wait_for_run(Path(input_path), config.follow_timeout_s)["task"]
+    follow = FollowRun(Path(input_path), config.follow_timeout_s, gen_process)
+    return FollowedWork(follow, task, config.categories), task
+
+
+def run(config: ScoreConfig) -> int:
+    gen_process = None
+    if config.gen_config:
+        input_path, gen_process = run_gen_first(config)
+    else:
+        input_path = config.input or str(newest_run())
+    following = config.follow or gen_process is not None
+    out = Path(config.output_dir or (Path(input_path) / "scores" if following else default_output(input_path)))
+    if following:
+        work, task = follow_work(config, input_path, gen_process)
+        first = None
+    else:
+        samples, task = samples_of(config, input_path, out)
+        work, first = FixedWork(samples), samples[0] if samples else None
     template = resolve_template(config, task)
-    for s in samples:
-        s["task"] = task
     if config.print_prompts:
-        if not samples:
+        if first is None:
             raise InputError(f"{input_path}: no samples to show prompts for")
-        print_prompts(template, samples[0])
+        print_prompts(template, first)
         return 0
     config = fit_context(config)
-    devices = replica_devices(config)
-    check_quantize(config, devices)
-    check_memory(config, devices)
-    rundir = RunDir(out, config_name="score.json")
-    rundir.lock()
-    try:
-        rundir.check_config(identity(config, template), config.force, identity(ScoreConfig()))
-        rundir.save_config(to_dict(config), identity(config, template))
-        manifest = out / "manifest"
-        writer = ManifestWriter(manifest, SCORE_SCHEMA)
-        todo = select_todo(samples, latest_status(manifest), config.retry_failed)
-        where = describe(devices) if devices else "every GPU of the Ray cluster"
-        print(f"score: {len(samples)} samples from {input_path} ({task}, {template.name} v{template.version}), "
-              f"{len(samples) - len(todo)} already done, {len(todo)} to score on {where}", file=sys.stderr)
-        progress = Progress(len(todo), config.progress, unit="sample")
-        on_row = _row_handler(config, writer)
-        failed_judge = Judge(config, template, tokenizer=None)
-        try:
-            if todo:
-                make_executor(config.engine, config.ray_address, ray_batch_size=config.window or 256,
-                              gpus_per_worker=config.tp, stage_path=STAGES[config.backend],
-                              config=replica_config(config), devices=devices, on_row=on_row,
-                              failed_row=failed_judge.failed, max_retries=config.max_retries, progress=progress,
-                              serial_load=config.replicas_per_gpu > 1,
-                              log_dir=None if config.verbose else str(out / "logs")).run(todo)
-        finally:
-            writer.close()
-        if progress.slots:
-            print(progress.table(), file=sys.stderr)
-        return print_summary(out, samples, config, template)
-    finally:
-        rundir.unlock()
-
-
-def _row_handler(config: ScoreConfig, writer: ManifestWriter):
-    def on_row(row: dict) -> None:
-        writer.add(row)
-        if config.print_samples:
-            print(sample_line(row), flush=True)
-        if config.write_txt and row.get("status") == "ok" and row.get("caption") is not None:
-            Path(row["image_path"]).with_suffix(".txt").write_text(row["caption"] + "\n", encoding="utf-8")
-    return on_row
-
-
-def sample_line(row: dict) -> str:
-    """The seeds' per-sample line: `[Sample    3] Score: 8.50 | Response: <the judge's reasoning>`."""
-    score = row.get("overall")
-    shown = f"{score:.2f}" if isinstance(score, float) else "-"
-    response = row.get("reasoning") or row.get("caption") or f"failed: {row.get('error')}"
-    return f"[Sample {row['index']:>4}] Score: {shown} | Response: {' '.join(str(response).split())}"
+    where = placement(config)
+    check_quantize(config, where.devices)
+    check_memory(config, where.devices)
+    spec = StageSpec("score", STAGES[config.backend](replica_config(config)), SCORE_SCHEMA, to_dict(config),
+                     identity(config, template), identity(ScoreConfig()), config_file="score.json", unit="sample")
+    settings = RunSettings(
+        executor=config.engine, force=config.force, retry_failed=config.retry_failed, progress=config.progress,
+        verbose=config.verbose, ray_address=config.ray_address, ray_batch_size=config.window or 256,
+        policy=FaultPolicy(max_retries=config.max_retries, serial_load=config.replicas_per_gpu > 1),
+    )
+    print(f"score: {input_path} ({task}, {template.name} v{template.version})"
+          + (", following it as it is generated" if following else ""), file=sys.stderr)
+    samples = run_stage(out, spec, work, where, settings)
+    if gen_process is not None and gen_process.wait() != 0:
+        print(f"score: the generation stage exited with code {gen_process.returncode}", file=sys.stderr)
+    return print_summary(out, samples, config, template)
 
 
 def main(argv: list[str] | None = None) -> int:

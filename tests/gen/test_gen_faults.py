@@ -27,8 +27,8 @@ T2I = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32",
 class FaultyStage(GenStage):
     """GenStage whose pipeline raises for prompts containing OUT-OF-MEMORY (a CUDA OOM) or RAISE."""
 
-    def __init__(self, config: GenConfig, device: str):
-        super().__init__(config, device)
+    def load(self, device: str) -> None:
+        super().load(device)
         real_call = self.adapter.pipe.__call__
 
         def call(*args, **kwargs):
@@ -60,7 +60,7 @@ def test_exception_and_oom_in_one_sample_fail_only_that_sample(tmp_path, tiny_mo
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)])
     config = GenConfig(input=str(src), output_dir=str(tmp_path / "run"), steps=2, height=32, width=32,
                        true_cfg_scale=1.0, devices="cpu", batch_size=3, progress="none")
-    assert run(config, stage=f"{__name__}:FaultyStage") == 0
+    assert run(config, stage=FaultyStage) == 0
     assert "gen: 4 ok, 2 failed of 6" in capsys.readouterr().out
     final = final_rows(tmp_path / "run")
     assert final.loc["p1", "status"] == "failed" and final.loc["p1", "error"].startswith("OutOfMemoryError: CUDA out")
@@ -70,7 +70,7 @@ def test_exception_and_oom_in_one_sample_fail_only_that_sample(tmp_path, tiny_mo
     assert_clean(tmp_path / "run", 6)
     config.fail_on_error = True
     config.retry_failed = True
-    assert run(config, stage=f"{__name__}:FaultyStage") == 1  # they fail again; --fail-on-error says so
+    assert run(config, stage=FaultyStage) == 1  # they fail again; --fail-on-error says so
 
 
 def _workers(proc: psutil.Process) -> list[psutil.Process]:

@@ -1,4 +1,5 @@
-"""The device pool with a plain stage (no model): sharing, worker death, start-up failure.
+"""The executors with a toy stage (no model), through the stage contract alone: sharing, worker
+death, start-up failure, rows written by the workers themselves, work that arrives while running.
 
 The stages here are real classes run in real spawned processes; only the work is trivial.
 """
@@ -8,22 +9,36 @@ import signal
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from pool.executor import Executor, PoolError
+from data.manifest import ManifestReader, latest_of, recover
+from pool.devices import Placement
+from pool.progress import Progress
+from pool.runner import make_executor
+from pool.stage import ExecutorOptions, FaultPolicy, FixedWork, Output, PoolError, Stage, items_of
+
+SCHEMA = pa.schema([("key", pa.string()), ("attempt", pa.int32()), ("status", pa.string()), ("error", pa.string()),
+                    ("device", pa.string()), ("worker", pa.int32()), ("pid", pa.int64())])
 
 
-class SleepStage:
+class SleepStage(Stage):
     """Returns each item after `seconds`; with `die_on` set, SIGKILLs itself on that key."""
 
-    def __init__(self, config: dict, device: str):
-        self.config, self.device = config, device
-        if config.get("fail_start"):
+    def __init__(self, **config):
+        self.config = config
+
+    def load(self, device: str) -> None:
+        if self.config.get("fail_start"):
             raise RuntimeError("cannot load model /no/such/path")
-        self.prefetch = 1
+        self.device = device
+
+    def failed_row(self, item: dict, reason: str) -> dict:
+        return {"key": item["key"], "attempt": item["attempt"], "status": "failed", "error": reason}
 
     def process(self, feed):
-        for item in feed:
+        for item in items_of(feed):
             marker = Path(self.config["dir"]) / f"died-{item['key']}"
             if item["key"] in self.config.get("die_on", ()) and not marker.exists():
                 marker.touch()
@@ -31,60 +46,91 @@ class SleepStage:
             if item["key"] in self.config.get("always_die_on", ()):
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(self.config.get("seconds", 0.0))
-            yield {"key": item["key"], "status": "ok", "pid": os.getpid()}
+            yield {"key": item["key"], "attempt": item["attempt"], "status": "ok", "pid": os.getpid()}
 
 
-def run_pool(config: dict, n_items: int, devices: list[str]) -> list[dict]:
-    out: list[dict] = []
-    Executor(f"{__name__}:SleepStage", config, devices, on_row=out.append,
-             failed_row=lambda item, reason: {"key": item["key"], "status": "failed", "error": reason},
-             max_retries=1).run([{"key": f"k{i}"} for i in range(n_items)])
-    return out
+def run_pool(stage: Stage, n_items: int, devices: list[str], executor: str = "local", work=None) -> list[dict]:
+    """Every row the workers wrote (journals of killed workers sealed, as the runner does)."""
+    folder = Path(stage.config["dir"]) / "manifest"
+    work = work or FixedWork([{"key": f"k{i}", "attempt": 1} for i in range(n_items)])
+    options = ExecutorOptions(ray_address="local", ray_batch_size=4)
+    make_executor(executor, Placement(devices), FaultPolicy(max_retries=1), options).run(
+        stage, work, Output(str(folder), SCHEMA), Progress(0, "none"))
+    recover(folder, SCHEMA)
+    return ManifestReader(folder).rows()
 
 
-def test_every_item_once_and_both_workers_share(tmp_path):
-    out = run_pool({"dir": str(tmp_path), "seconds": 0.05}, 40, ["cpu", "cpu"])
-    assert sorted(r["key"] for r in out) == sorted(f"k{i}" for i in range(40))
-    assert {r["worker"] for r in out} == {0, 1} and {r["device"] for r in out} == {"cpu"}
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_toy_stage_runs_on_every_executor_through_the_contract(tmp_path, executor):
+    rows = run_pool(SleepStage(dir=str(tmp_path), seconds=0.05), 12, ["cpu", "cpu"], executor)
+    assert sorted(r["key"] for r in rows) == sorted(f"k{i}" for i in range(12))
+    assert all(r["status"] == "ok" for r in rows)
+    shards = list((tmp_path / "manifest").glob("*.parquet"))
+    assert shards and not list((tmp_path / "manifest").glob(".*"))  # every journal sealed
+    if executor == "local":
+        # each worker wrote its own shard: no row went through the parent
+        assert {r["worker"] for r in rows} == {0, 1} and {r["device"] for r in rows} == {"cpu"}
+        assert sorted(len(set(pq.read_table(s)["worker"].to_pylist())) for s in shards) == [1, 1]
+    else:
+        assert all(r["device"].startswith("ray:") for r in rows)
 
 
 def test_dead_worker_is_replaced_and_its_item_retried(tmp_path):
-    out = run_pool({"dir": str(tmp_path), "die_on": ["k3"]}, 10, ["cpu"])
-    assert sorted(r["key"] for r in out) == sorted(f"k{i}" for i in range(10))
-    assert all(r["status"] == "ok" for r in out)
-    assert len({r["pid"] for r in out}) == 2  # a second process took over
+    rows = run_pool(SleepStage(dir=str(tmp_path), die_on=["k3"]), 10, ["cpu"])
+    final = latest_of(rows)
+    assert sorted(final) == sorted(f"k{i}" for i in range(10))
+    assert all(r["status"] == "ok" for r in final.values())
+    assert final["k3"]["attempt"] == 2  # the retry is a new attempt: it wins over anything the dead one wrote
+    assert len({r["pid"] for r in final.values()}) == 2  # a second process took over
 
 
 def test_item_that_always_kills_its_worker_becomes_failed(tmp_path):
-    out = run_pool({"dir": str(tmp_path), "always_die_on": ["k2"]}, 5, ["cpu"])
-    by_key = {r["key"]: r for r in out}
-    assert len(out) == 5 and by_key["k2"]["status"] == "failed"
-    assert "died (exit code -9)" in by_key["k2"]["error"]
-    assert all(by_key[k]["status"] == "ok" for k in ("k0", "k1", "k3", "k4"))
+    rows = run_pool(SleepStage(dir=str(tmp_path), always_die_on=["k2"]), 5, ["cpu"])
+    final = latest_of(rows)
+    assert len(final) == 5 and final["k2"]["status"] == "failed"
+    assert "died (exit code -9)" in final["k2"]["error"]
+    assert all(final[k]["status"] == "ok" for k in ("k0", "k1", "k3", "k4"))
 
 
 def test_start_failure_is_reported_not_hung(tmp_path):
     with pytest.raises(PoolError, match="cannot load model /no/such/path"):
-        run_pool({"dir": str(tmp_path), "fail_start": True}, 3, ["cpu", "cpu"])
+        run_pool(SleepStage(dir=str(tmp_path), fail_start=True), 3, ["cpu", "cpu"])
 
 
 class GreedyStage(SleepStage):
     """Asks for a large window at once, like a vLLM replica; the second instance loads slowly."""
 
-    def __init__(self, config: dict, device: str):
-        super().__init__(config, device)
-        self.prefetch = 100
+    prefetch = 100
+
+    def load(self, device: str) -> None:
+        super().load(device)
         try:
-            (Path(config["dir"]) / "first-loaded").touch(exist_ok=False)
+            (Path(self.config["dir"]) / "first-loaded").touch(exist_ok=False)
         except FileExistsError:
             time.sleep(3)
 
 
 def test_a_slow_loading_worker_still_gets_its_share(tmp_path):
-    out: list[dict] = []
-    Executor(f"{__name__}:GreedyStage", {"dir": str(tmp_path), "seconds": 0.05}, ["cpu", "cpu"], on_row=out.append,
-             failed_row=lambda item, reason: {"key": item["key"], "status": "failed"}).run(
-        [{"key": f"k{i}"} for i in range(40)])
-    per_worker = [sum(r["worker"] == w for r in out) for w in (0, 1)]
-    assert sorted(r["key"] for r in out) == sorted(f"k{i}" for i in range(40))
+    rows = run_pool(GreedyStage(dir=str(tmp_path), seconds=0.05), 40, ["cpu", "cpu"])
+    per_worker = [sum(r["worker"] == w for r in rows) for w in (0, 1)]
+    assert sorted(r["key"] for r in rows) == sorted(f"k{i}" for i in range(40))
     assert min(per_worker) >= 8, per_worker  # without the start gate the first loaded takes all 40
+
+
+class Trickle:
+    """Work that arrives in three parts, a second apart: what a followed run hands out."""
+
+    def __init__(self):
+        self.parts = [[{"key": f"k{p}{i}", "attempt": 1} for i in range(3)] for p in range(3)]
+        self.next_at = 0.0
+
+    def poll(self):
+        if time.monotonic() < self.next_at:
+            return [], False
+        self.next_at = time.monotonic() + 1.0
+        return self.parts.pop(0), not self.parts
+
+
+def test_work_that_arrives_while_running_is_all_done(tmp_path):
+    rows = run_pool(SleepStage(dir=str(tmp_path)), 0, ["cpu", "cpu"], work=Trickle())
+    assert sorted(r["key"] for r in rows) == sorted(f"k{p}{i}" for p in range(3) for i in range(3))

@@ -5,20 +5,8 @@ import json
 from PIL import Image
 
 from score.config import ScoreConfig
+from pool.stage import ListFeed
 from score.engine import VLLMStage
-
-
-class _Feed:
-    """The executor's feed, for a stage driven in-process (the pool is tested on its own)."""
-
-    def __init__(self, items):
-        self.items = list(items)
-        self.exhausted = False
-
-    def take(self, n, block=True):
-        taken, self.items = self.items[:n], self.items[n:]
-        self.exhausted = not self.items
-        return taken
 
 
 def _shapes(folder, n: int, task: str = "caption", prompt: str | None = None) -> list[dict]:
@@ -34,9 +22,10 @@ def _shapes(folder, n: int, task: str = "caption", prompt: str | None = None) ->
 
 def _score(config: ScoreConfig, items: list[dict]) -> list[dict]:
     """Every row a real replica yields for `items`, its engine shut down afterwards."""
-    stage = VLLMStage(config, "cpu")
+    stage = VLLMStage(config)
+    stage.load("cpu")
     try:
-        return list(stage.process(_Feed(items)))
+        return list(stage.process(ListFeed(items)))
     finally:
         stage.close()
 

@@ -11,7 +11,7 @@ import pytest
 from data.manifest import SCORE_SCHEMA
 from helpers import rows, run_cli, shape_image, start_cli, wait_until, write_jsonl
 from score.config import ScoreConfig
-from score.run import replica_config, replica_devices
+from score.run import placement, replica_config
 
 VLLM = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
         "--enforce-eager", "--max-pixels", "16384", "--progress", "none"]
@@ -28,7 +28,7 @@ def test_edit_scores_on_two_replicas(edit_pairs, tmp_path, tiny_models):
                  "--print-samples")
     frame = rows(out / "manifest")
     assert len(frame) == 16 and (frame["status"] == "ok").all(), frame["error"].tolist()
-    assert "to score on cpu, cpu" in proc.stderr and set(frame["device"]) == {"cpu"}
+    assert "to run on cpu, cpu" in proc.stderr and set(frame["device"]) == {"cpu"}
     assert set(frame["task"]) == {"edit"} and set(frame["template"]) == {"viescore-edit"}
     for row in frame.itertuples():
         answers = {q: json.loads(text, strict=False) for q, text in json.loads(row.raw_response).items()}
@@ -45,16 +45,17 @@ def test_edit_scores_on_two_replicas(edit_pairs, tmp_path, tiny_models):
         assert category in proc.stdout  # per-category summary
 
 
-def test_replica_devices_and_their_memory_share():
-    assert replica_devices(ScoreConfig(devices="cpu", replicas=2)) == ["cpu", "cpu"]
+def test_placement_and_the_memory_share_of_replicas():
+    assert placement(ScoreConfig(devices="cpu", replicas=2)).devices == ["cpu", "cpu"]
     shared = ScoreConfig(devices="cuda:0,cuda:1+2", replicas_per_gpu=2, gpu_memory_utilization=0.9)
-    assert replica_devices(shared) == ["cuda:0", "cuda:0", "cuda:1+2", "cuda:1+2"]
+    assert placement(shared).devices == ["cuda:0", "cuda:0", "cuda:1+2", "cuda:1+2"]
     assert replica_config(shared).gpu_memory_utilization == pytest.approx(0.45)
     assert replica_config(ScoreConfig()).gpu_memory_utilization == pytest.approx(0.9)
-    assert replica_devices(ScoreConfig(engine="ray")) is None  # Ray: every GPU of the cluster
+    on_ray = placement(ScoreConfig(engine="ray", tp=2, replicas=3))
+    assert on_ray.devices is None and (on_ray.replicas, on_ray.gpus_per_replica) == (3, 2)  # Ray's cluster decides
     for bad in (dataclasses.replace(shared, replicas_per_gpu=0), dataclasses.replace(shared, engine="ray")):
         with pytest.raises(ValueError, match="--replicas-per-gpu"):
-            replica_devices(bad)
+            placement(bad)
 
 
 def test_caption_image_folder_and_layout_with_txt(tmp_path, tiny_models):

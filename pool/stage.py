@@ -1,0 +1,133 @@
+"""The contract between a stage (generation, judging) and whatever runs it.
+
+A stage is built in the driver from its config alone, so the driver can make failed rows and
+describe it without loading a model. Each worker then gets its own copy and calls `load(device)`
+once, `process(feed)` to turn items into rows, and `close()`. A stage never sees processes,
+queues or other workers: executors (pool/executor.py, pool/ray_executor.py) own those, and
+stages import only this module and data/.
+
+Work reaches a run through `Work.poll()`: a fixed list hands everything over at once; a run that
+follows another (`score.run --follow`) hands over rows as they land.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+
+class PoolError(RuntimeError):
+    """No worker could start (bad model path, missing library...): the message says why."""
+
+
+class Feed(Protocol):
+    """A worker's view of its work: items arrive on request."""
+
+    exhausted: bool  # no item will come any more
+
+    def take(self, n: int, block: bool = True) -> list[dict]:
+        """Up to `n` items; with `block`, wait until at least one arrives or the work ends."""
+        ...
+
+
+class Stage(Protocol):
+    """What a worker runs. Subclass it: the optional members have their defaults here."""
+
+    prefetch: int = 1  # items a worker asks for ahead of what it is processing
+
+    def load(self, device: str) -> None:
+        """Load the model on `device` (`cpu` or `cuda`: the executor has set CUDA_VISIBLE_DEVICES)."""
+        ...
+
+    def process(self, feed: Feed) -> Iterator[dict]:
+        """One row per item taken from `feed`, each as soon as it is finished."""
+        ...
+
+    def failed_row(self, item: dict, reason: str) -> dict:
+        """The row of an item that could not be processed (its worker died, its batch broke)."""
+        ...
+
+    def line(self, row: dict) -> str | None:
+        """A line the driver prints for a finished row (e.g. --print-samples), or None."""
+        return None
+
+    def close(self) -> None:
+        """Release the model (an engine's subprocesses) before the worker exits."""
+
+
+class ListFeed:
+    """A Feed over a fixed list: a Ray batch, or a stage driven in-process."""
+
+    def __init__(self, items: list[dict]):
+        self.buffer = deque(items)
+        self.exhausted = not self.buffer
+
+    def take(self, n: int, block: bool = True) -> list[dict]:
+        taken = [self.buffer.popleft() for _ in range(min(n, len(self.buffer)))]
+        self.exhausted = not self.buffer
+        return taken
+
+
+def items_of(feed: Feed) -> Iterator[dict]:
+    """A feed's items one at a time, for stages that take them singly."""
+    while items := feed.take(1):
+        yield items[0]
+
+
+class Work(Protocol):
+    """Where a run's items come from."""
+
+    def poll(self) -> tuple[list[dict], bool]:
+        """Items not handed out before, and whether these are the last."""
+        ...
+
+
+class FixedWork:
+    """A list of items known at the start."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def poll(self) -> tuple[list[dict], bool]:
+        items, self.items = self.items, []
+        return items, True
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where workers write their rows: a manifest folder and its schema (see data/manifest.py)."""
+
+    folder: str
+    schema: pa.Schema
+
+
+@dataclass(frozen=True)
+class FaultPolicy:
+    """How every executor treats failures, so that local and Ray runs end the same way."""
+
+    max_retries: int = 1        # an item whose worker died is retried this often, then gets a failed row
+    max_restarts: int = 3       # per worker slot: a device that keeps dying is given up on
+    start_grace_s: float = 300  # work starts when every worker has loaded, or this long after the first
+    serial_load: bool = False   # load one worker at a time (replicas sharing a GPU, tight host memory)
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Settings only some executors read (each executor says which)."""
+
+    log_dir: str | None = None   # each worker's output goes to <log_dir>/worker-<slot>.log; None: the terminal
+    ray_address: str = "auto"
+    ray_batch_size: int = 16
+
+
+class Executor(Protocol):
+    """Turns a placement into workers, feeds them work and applies the fault policy.
+    Constructed as `Executor(placement, policy, options)`; registered in pool/runner.py."""
+
+    def run(self, stage: Stage, work: Work, output: Output, progress: Any) -> None:
+        """Process every item `work` hands out; every item ends with exactly one row in `output`."""
+        ...

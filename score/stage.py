@@ -1,0 +1,49 @@
+"""What both judge backends (vLLM, transformers) share as a stage: judges per task, failed rows
+made without a model, the --print-samples line and the --write-txt caption files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from pool.stage import Feed, Stage
+from score.config import ScoreConfig
+from score.judge import Judge, resolve_template
+
+
+def sample_line(row: dict) -> str:
+    """The seeds' per-sample line: `[Sample    3] Score: 8.50 | Response: <the judge's reasoning>`."""
+    score = row.get("overall")
+    shown = f"{score:.2f}" if isinstance(score, float) else "-"
+    response = row.get("reasoning") or row.get("caption") or f"failed: {row.get('error')}"
+    return f"[Sample {row['index']:>4}] Score: {shown} | Response: {' '.join(str(response).split())}"
+
+
+class ScoreStage(Stage):
+    """A judge stage; subclasses load a model and yield rows from `rows(feed)`."""
+
+    def __init__(self, config: ScoreConfig):
+        self.config = config
+        self.tokenizer = None  # set by load(): Judge renders prompts with it
+        self.judges: dict[str, Judge] = {}
+
+    def judge(self, task: str) -> Judge:
+        if task not in self.judges:
+            self.judges[task] = Judge(self.config, resolve_template(self.config, task), self.tokenizer)
+        return self.judges[task]
+
+    def failed_row(self, item: dict, reason: str) -> dict:
+        return Judge(self.config, resolve_template(self.config, item["task"]), None).failed(item, reason)
+
+    def line(self, row: dict) -> str | None:
+        return sample_line(row) if self.config.print_samples else None
+
+    def rows(self, feed: Feed) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def process(self, feed: Feed) -> Iterator[dict]:
+        for row in self.rows(feed):
+            # The caption file before its row: a row on disk means its file is there too.
+            if self.config.write_txt and row.get("status") == "ok" and row.get("caption") is not None:
+                Path(row["image_path"]).with_suffix(".txt").write_text(row["caption"] + "\n", encoding="utf-8")
+            yield row

@@ -1,0 +1,72 @@
+"""`score.run --follow`: scoring a generation run while it is still writing, and surviving a
+SIGKILL of either side. Real gen and score processes, the tiny models, the real vLLM engine."""
+
+import re
+import signal
+from pathlib import Path
+
+from data.manifest import ManifestReader, latest_of
+from helpers import final_rows, rows, start_cli, wait_until
+
+GEN = ["--model", "tiny:t2i", "--steps", "4", "--height", "64", "--width", "64", "--true-cfg-scale", "1",
+       "--batch-size", "1", "--devices", "cpu", "--progress", "none"]
+SCORE = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "128",
+         "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--progress", "none",
+         "--follow", "--task", "t2i"]
+
+
+def journaled(manifest: Path) -> int:
+    """Rows on disk so far, shards and journals both (what a follower sees)."""
+    return len(ManifestReader(manifest).rows()) if manifest.is_dir() else 0
+
+
+def start_score(run: Path):
+    proc = start_cli("score.run", "--input", str(run), *SCORE)
+    # a replica opens its journal once its engine has loaded: from then on it scores as rows land
+    wait_until(lambda: any((run / "scores" / "manifest").glob(".journal-*-worker0.jsonl")), timeout=300)
+    return proc
+
+
+def assert_one_score_per_gen_row(run: Path, n: int) -> None:
+    gen = final_rows(run)
+    assert len(gen) == n and (gen["status"] == "ok").all()
+    scores = rows(run / "scores" / "manifest")
+    assert sorted(scores["key"]) == sorted(gen.index)  # exactly one row each: none lost, none twice
+    assert (scores["status"] == "ok").all() and scores["overall"].notna().all()
+    assert not [p for p in (run / "scores" / "manifest").iterdir() if p.name.startswith(".")]
+
+
+def test_follow_scores_a_run_while_it_is_generated(prompts16, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    score = start_score(run)  # before the gen run exists: it waits for it
+    gen = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *GEN)
+    gen_out, _ = gen.communicate(timeout=300)
+    score_out, _ = score.communicate(timeout=300)
+    assert gen.returncode == 0 and score.returncode == 0, gen_out + score_out
+    assert_one_score_per_gen_row(run, 16)
+    gen_rows, scored = final_rows(run), rows(run / "scores" / "manifest")
+    # the stages overlapped: scoring began before generation had finished
+    assert scored["started_at"].min() < (gen_rows["started_at"] + gen_rows["duration_s"]).max()
+    assert "following it as it is generated" in score_out
+
+
+def test_sigkill_of_either_side_mid_follow_loses_nothing(prompts16, tmp_path, tiny_models):
+    run = tmp_path / "run"
+    score = start_score(run)
+    gen = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *GEN)
+    wait_until(lambda: journaled(run / "scores" / "manifest") >= 2, timeout=300)
+    score.send_signal(signal.SIGKILL)  # its replica follows it down (parent-death signal)
+    score.wait()
+    wait_until(lambda: journaled(run / "manifest") >= 6, timeout=300)
+    gen.send_signal(signal.SIGKILL)
+    gen.wait()
+    done_before = latest_of(ManifestReader(run / "manifest").rows())
+    assert 6 <= len(done_before) < 16  # killed mid-way
+    score = start_score(run)  # the follower comes back first: the gen run is unfinished, so it waits
+    gen = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *GEN)
+    gen_out, _ = gen.communicate(timeout=300)
+    score_out, _ = score.communicate(timeout=300)
+    assert gen.returncode == 0 and score.returncode == 0, gen_out + score_out
+    skipped = int(re.search(r"gen: 16 samples, (\d+) already done", gen_out).group(1))
+    assert skipped >= len(done_before)  # the rerun kept every row the killed run had written
+    assert_one_score_per_gen_row(run, 16)
