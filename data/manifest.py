@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -86,7 +87,7 @@ def read_manifest(folder: Path | str, journals: bool = True) -> pa.Table | None:
     killed) run has only journaled so far; None if there are none."""
     folder = Path(folder)
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    tables = [pq.read_table(f) for f in files]
+    tables = [t for t in map(_read_shard, files) if t is not None]
     if journals and folder.is_dir():
         rows = ManifestReader(folder).journal_rows(_row_ids(pa.concat_tables(tables) if tables else None))
         if rows:
@@ -123,6 +124,30 @@ def latest_rows(frame):
     return frame.sort_values(["key", "attempt"]).drop_duplicates("key", keep="last").reset_index(drop=True)
 
 
+SYNC_EVERY_S = 1.0  # journal appends reach the disk at least this often: a host crash costs at most that
+
+
+def _read_shard(path: Path) -> pa.Table | None:
+    """A shard, or None with a warning if it is torn (a host crash before its data reached the
+    disk): its samples have no row then, and the next run redoes them. The folder stays readable."""
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError) as exc:
+        print(f"warning: skipping unreadable shard {path} ({exc}); its samples will be redone", file=sys.stderr)
+        return None
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (the new name itself lives in the directory)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class ManifestWriter:
     """One worker's rows: appended to its journal, turned into atomically renamed shards."""
 
@@ -136,12 +161,16 @@ class ManifestWriter:
         self._rows: list[dict] = []
         self._journal_path = self.folder / f".journal-{self.tag}.jsonl"
         self._journal = open(self._journal_path, "a", encoding="utf-8")
+        self._synced_at = time.monotonic()
 
     def add(self, row: dict) -> None:
         row = {name: row.get(name) for name in self.schema.names}
         # One write per line: a kill leaves at most one partial last line, which recovery skips.
         self._journal.write(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n")
-        self._journal.flush()
+        self._journal.flush()  # a killed process loses nothing from here on; a host crash needs the fsync
+        if time.monotonic() - self._synced_at >= SYNC_EVERY_S:
+            os.fsync(self._journal.fileno())
+            self._synced_at = time.monotonic()
         self._rows.append(row)
         if len(self._rows) >= self.shard_rows:
             self.flush()
@@ -169,6 +198,9 @@ def recover(folder: Path | str, schema: pa.Schema) -> int:
         return 0
     for tmp in folder.glob(".*.parquet.tmp"):
         tmp.unlink()
+    for shard in folder.glob("*.parquet"):
+        if _read_shard(shard) is None:  # torn: set aside, so that readers stop tripping on it
+            shard.rename(folder / f".{shard.name}.torn")
     recovered = 0
     for journal in sorted(folder.glob(".journal-*.jsonl")):
         done = _row_ids(read_manifest(folder, journals=False))
@@ -183,8 +215,12 @@ def recover(folder: Path | str, schema: pa.Schema) -> int:
 def _write_shard(folder: Path, schema: pa.Schema, rows: list[dict], name: str) -> Path:
     path = folder / f"part-{name}-{uuid.uuid4().hex[:6]}.parquet"
     tmp = folder / f".{path.name}.tmp"
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    with open(tmp, "wb") as handle:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle)
+        handle.flush()
+        os.fsync(handle.fileno())  # the data before the name: a host crash leaves no torn shard
     os.replace(tmp, path)
+    fsync_dir(folder)
     return path
 
 
@@ -199,7 +235,8 @@ class ManifestReader:
     def rows(self) -> list[dict]:
         for path in sorted(self.folder.glob("*.parquet")):
             if path.name not in self._shards:
-                self._shards[path.name] = pq.read_table(path).to_pylist()
+                table = _read_shard(path)
+                self._shards[path.name] = table.to_pylist() if table is not None else []
         rows = [row for shard in self._shards.values() for row in shard]
         return rows + self.journal_rows({(row["key"], row["attempt"]) for row in rows})
 

@@ -48,6 +48,9 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         lock_path = self.path / ".lock"
         handle = open(lock_path, "a+")
+        warning = local_lock_warning(self.path)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -56,6 +59,12 @@ class RunDir:
             handle.close()
             raise RunDirError(f"{self.path} is in use by a running genscore run ({holder}); "
                               "wait for it to finish or choose another --output-dir") from None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a file system without flock
+            handle.close()
+            raise RunDirError(f"{self.path}: its file system does not support file locks (flock: {exc.strerror}); "
+                              "genscore locks a run folder so that two runs never write it at once. Use a folder "
+                              "on a local disk, or mount the shared file system with locks (NFS without "
+                              "`nolock`, Lustre with `flock`)") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {platform.node()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -84,19 +93,56 @@ class RunDir:
             "config": config, "identity": identity, "versions": library_versions(),
             "command": " ".join([Path(sys.executable).name] + sys.argv), "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        tmp = self.config_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, self.config_path)
+        _write_durably(self.config_path, json.dumps(record, indent=2, default=str))
 
     def clear_complete(self) -> None:
         (self.path / COMPLETE).unlink(missing_ok=True)
 
     def mark_complete(self, samples: int) -> None:
         record = {"samples": samples, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        tmp = self.path / f".{COMPLETE}.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.path / COMPLETE)
+        _write_durably(self.path / COMPLETE, json.dumps(record))
 
 
 def is_complete(path: str | Path) -> bool:
     return (Path(path) / COMPLETE).exists()
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Whole or not at all, and still there after a host crash."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def local_lock_warning(path: Path, mounts: str | None = None) -> str | None:
+    """A warning when `path` is on a shared file system whose locks only this host sees (NFS
+    mounted `nolock` or `local_lock=...`, Lustre `localflock`): two hosts could both take the lock."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target, best = str(Path(path).resolve()), None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and (target == fields[1] or target.startswith(fields[1].rstrip("/") + "/")):
+            if best is None or len(fields[1]) > len(best[1]):
+                best = fields
+    if best is None:
+        return None
+    options = best[3].split(",")
+    local = ((best[2].startswith("nfs") and ("nolock" in options or any(o.startswith("local_lock=") and o != "local_lock=none"
+                                                                          for o in options)))
+             or (best[2] == "lustre" and "localflock" in options))
+    if not local:
+        return None
+    return (f"{path} is on {best[2]} mounted with {best[3]}: its file locks are local to this host, so runs on "
+            "two hosts could write this folder at once. Run one command per folder, or mount with shared locks")

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(GenConfig, argv, "python -m gen.run", __doc__.splitlines()[0], default_config=str(DEMO_CONFIG))
     try:
         return run(config)
-    except (InputError, RunDirError, PoolError, ValueError) as exc:
+    except (InputError, RunDirError, PoolError, ValueError, OSError) as exc:  # OSError: our own I/O (a full disk)
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,30 +11,35 @@ otherwise fill its whole window, possibly the whole run, while the others are st
 and no worker holds more than an even share of the work left.
 Each worker talks back over its own pipe: a worker killed mid-write can only break its own
 channel (a shared multiprocessing.Queue would stay locked and hang every other worker).
-A worker that dies is replaced; the items it held are retried (`max_retries` times, each retry a
-new attempt) and then written by the parent as failed rows, so every item ends with a row.
+A worker that dies is replaced. Which of its items killed it is not known, so they are not blamed
+yet: they are split in halves, each run alone on a worker (bisection), until the one that kills its
+worker alone is found; only that one is charged a retry (`max_retries`, each retry a new attempt)
+and then written by the parent as a failed row. Every item ends with a row, and its batch-mates
+with theirs. Deaths while running such suspects alone do not count against a device's restarts.
 Items can keep arriving while the run goes (`Work.poll`): a run that follows another one.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import multiprocessing as mp
 import os
 import queue
 import signal
+import tempfile
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from multiprocessing.connection import Connection, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from data.manifest import ManifestWriter
 from pool.devices import Placement, local_device, process_env
-from pool.progress import Progress
+from pool.progress import Progress, say
 from pool.stage import ExecutorOptions, FaultPolicy, Output, PoolError, Stage, Work
 
 POLL_S = 2.0  # how often a run that follows another looks for new items
@@ -112,14 +117,23 @@ def _to_log(path: str) -> None:
     os.close(fd)
 
 
+@contextmanager
+def _file_lock(path: str):
+    """One holder at a time, released by the kernel when the holder dies (a loader killed by the
+    OOM killer must not keep every replacement waiting, as a multiprocessing.Lock would)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: Stage, output: Output,
-                 inbox: Any, outbox: Connection, load_lock: Any, log_path: str | None) -> None:
+                 inbox: Any, outbox: Connection, load_lock: str | None, log_path: str | None) -> None:
     _own_process_group()
     os.environ.update(env)
     if log_path:
         _to_log(log_path)
     try:
-        with load_lock if load_lock is not None else nullcontext():
+        with _file_lock(load_lock) if load_lock else nullcontext():
             stage.load(local_device(device))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
         traceback.print_exc()  # into the worker's log (or the terminal with --verbose)
@@ -154,6 +168,7 @@ class _Worker:
     asked: int = 0
     ready: bool = False
     done: bool = False
+    isolating: bool = False  # holds one group of suspects and nothing else
 
 
 class LocalExecutor:
@@ -167,8 +182,9 @@ class LocalExecutor:
     def run(self, stage: Stage, work: Work, output: Output, progress: Progress | None = None) -> None:
         ctx = mp.get_context("spawn")
         self._ctx, self._stage, self._output, self._progress, self._work = ctx, stage, output, progress, work
-        self._lock = ctx.Lock() if self.policy.serial_load else None
+        self._lock = tempfile.mkstemp(prefix="genscore-load-")[1] if self.policy.serial_load else None
         self._queue: deque[dict] = deque()
+        self._suspects: deque[list[dict]] = deque()  # items of dead workers, each group to run alone
         self._remaining = 0  # items handed to us that have no row yet
         self._last_items = False
         self._last_poll = 0.0
@@ -236,14 +252,19 @@ class LocalExecutor:
             self._drain(by_conn[conn])
 
     def _drain(self, worker: _Worker) -> None:
-        """Handle every message waiting on a worker's pipe."""
-        try:
-            while worker.wid in self._workers and worker.conn.poll():
-                self._handle(worker.conn.recv())
-        except (EOFError, OSError):  # the worker exited: its pipe is closed
-            worker.process.join(timeout=5)
-            if worker.wid in self._workers and not worker.done:
-                self._on_death(worker)
+        """Handle every message waiting on a worker's pipe. Only the pipe's own errors mean the
+        worker is gone: an error of ours while handling a message (a full disk) stops the run."""
+        while worker.wid in self._workers:
+            try:
+                if not worker.conn.poll():
+                    return
+                message = worker.conn.recv()
+            except (EOFError, OSError):  # the worker exited: its pipe is closed
+                worker.process.join(timeout=5)
+                if worker.wid in self._workers and not worker.done:
+                    self._on_death(worker)
+                return
+            self._handle(message)
 
     def _handle(self, message: tuple) -> None:
         kind, wid = message[0], message[1]
@@ -272,22 +293,30 @@ class LocalExecutor:
             self._started = all(w.ready for w in self._workers.values()) or waited > self.policy.start_grace_s
             if not self._started:
                 return
-        outstanding = len(self._queue) + sum(len(w.held) for w in self._workers.values())
+        for worker in self._workers.values():
+            if self._suspects and worker.asked and not worker.held:
+                worker.isolating = True
+                self._send(worker, self._suspects.popleft())
+        outstanding = (len(self._queue) + sum(map(len, self._suspects))
+                       + sum(len(w.held) for w in self._workers.values()))
         share = -(-outstanding // max(1, len(self._workers)))  # ceil of an even share of the work left
         for worker in self._workers.values():
             n = min(worker.asked, len(self._queue), share - len(worker.held))
-            if n <= 0:
-                continue
-            items = [self._queue.popleft() for _ in range(n)]
-            worker.asked -= n
-            worker.held.update({item["key"]: item for item in items})
-            worker.inbox.put({"items": items, "asked": n})
+            if n > 0 and not worker.isolating:
+                self._send(worker, [self._queue.popleft() for _ in range(n)])
+
+    def _send(self, worker: _Worker, items: list[dict]) -> None:
+        asked = min(worker.asked, len(items))
+        worker.asked -= asked
+        worker.held.update({item["key"]: item for item in items})
+        worker.inbox.put({"items": items, "asked": asked})
 
     def _finish(self, worker: _Worker, key: str, ok: bool, line: str | None) -> None:
         worker.held.pop(key, None)
+        worker.isolating = worker.isolating and bool(worker.held)
         self._remaining -= 1
         if line:
-            print(line, flush=True)
+            say(line)
         if self._progress:
             self._progress.row(worker.slot, ok)
         self._dispatch()  # asks held back by the even-share cap are served as work drains
@@ -323,19 +352,22 @@ class LocalExecutor:
         self._errors.append(f"{worker.device}: exit code {code}")
         self._requeue_or_fail(worker, f"worker on {worker.device} died (exit code {code})")
         if self._restarts[worker.slot] < self.policy.max_restarts:
-            self._restarts[worker.slot] += 1
+            self._restarts[worker.slot] += 0 if worker.isolating else 1  # a suspect's fault, not the device's
             self._spawn(worker.slot)
         self._dispatch()
 
     def _requeue_or_fail(self, worker: _Worker, reason: str) -> None:
-        for item in list(worker.held.values()):
-            # A new attempt: the dead worker may have journaled a row for this one already.
-            item = {**item, "attempt": item.get("attempt", 1) + 1, "_tries": item.get("_tries", 0) + 1}
+        # A new attempt each: the dead worker may have journaled a row for some of them already.
+        held = [{**item, "attempt": item.get("attempt", 1) + 1} for item in worker.held.values()]
+        worker.held.clear()
+        if len(held) > 1:  # one of them may be guilty: halves, each run alone, until it is found
+            self._suspects.extend([held[:len(held) // 2], held[len(held) // 2:]])
+        for item in held[:1] if len(held) == 1 else []:  # alone, so guilty: charged a retry
+            item["_tries"] = item.get("_tries", 0) + 1
             if item["_tries"] <= self.policy.max_retries:
-                self._queue.appendleft(item)
+                self._suspects.append([item])
             else:
                 self._write_failed(worker, item, reason)
-        worker.held.clear()
         self._dispatch()
 
     def _write_failed(self, worker: _Worker, item: dict, reason: str) -> None:
@@ -357,5 +389,7 @@ class LocalExecutor:
             _kill_group(worker.process.pid)  # stragglers: a stuck worker, its engine processes
         if self._writer is not None:
             self._writer.close()
+        if self._lock:
+            os.unlink(self._lock)
         if self._progress:
             self._progress.close()

@@ -3,10 +3,22 @@ or nothing (`none`); in every mode a table per device at the end."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Literal
+
+
+def say(line: str) -> None:
+    """Print a line; a reader that went away (`| head -1`) stops the printing, not the run."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later prints, and the one at exit, go nowhere
+        os.close(devnull)
+
 
 ProgressMode = Literal["bar", "log", "none"]
 

@@ -6,10 +6,13 @@ batches of items through `map_batches`. Each actor writes its own rows to the ru
 a local worker does, and sends the driver only each row's key and status; journals of actors that
 Ray tears down are sealed by the runner. The output folder must be on a filesystem every node sees.
 
-The fault policy is the local one: an item whose actor dies is retried (`max_retries`, Ray's task
-retries; the actor restarts up to `max_restarts` times); a batch whose stage raises is re-run one
-item at a time, so only the item at fault gets a failed row. Start gating and even shares have no
-Ray counterpart: Ray Data hands batches to actors as they come up.
+The fault policy is the local one: a batch whose stage raises is re-run one item at a time inside
+the actor, so only the item at fault gets a failed row. A batch whose actor dies is retried by Ray
+(`max_retries` task retries; the actor restarts up to `max_restarts` times); a batch that still
+fails is skipped, not fatal (`max_errored_blocks`), and its items run again one per batch, so
+batch-mates of a sample that kills its worker are not blamed; what dies alone gets a failed row,
+written by the driver. Start gating and even shares have no Ray counterpart: Ray Data hands batches
+to actors as they come up.
 Items cross Ray as JSON strings: Arrow then never has to guess a column's type from a batch that
 happens to hold only None. A run that follows another runs one Ray job per batch of new items.
 """
@@ -23,8 +26,8 @@ import time
 
 from data.manifest import ManifestWriter
 from pool.devices import Placement, group_size
-from pool.progress import Progress
-from pool.stage import ExecutorOptions, FaultPolicy, ListFeed, Output, Stage, Work
+from pool.progress import Progress, say
+from pool.stage import ExecutorOptions, FaultPolicy, ListFeed, Output, PoolError, Stage, Work
 
 POLL_S = 5.0
 
@@ -103,18 +106,45 @@ class RayExecutor:
 
     def _job(self, ray, stage: Stage, items: list[dict], output: Output, progress: Progress | None,
              actors: int, gpus: int) -> None:
+        """Every item's row: a pass in batches, then the items of batches that failed, one per batch,
+        then failed rows for those that still killed their worker alone."""
         if progress:
             progress.add_total(len(items))
+        missing = self._pass(ray, stage, items, output, progress, actors, gpus, self.options.ray_batch_size)
+        if missing and self.options.ray_batch_size > 1:
+            retry = [{**item, "attempt": item.get("attempt", 1) + 1} for item in missing]  # rows may exist
+            missing = self._pass(ray, stage, retry, output, progress, actors, gpus, 1)
+        if missing:
+            writer = ManifestWriter(output.folder, output.schema, tag="driver")
+            for item in missing:
+                row = stage.failed_row(item, "its Ray worker died on it (alone, after retries)")
+                row.update(device="ray", worker=-1)
+                writer.add(row)
+                if progress:
+                    progress.row(0, False)
+            writer.close()
+
+    def _pass(self, ray, stage: Stage, items: list[dict], output: Output, progress: Progress | None,
+              actors: int, gpus: int, batch_size: int) -> list[dict]:
+        """Run `items` in batches; returns those whose batch failed for good."""
+        ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed batch is skipped, not fatal
         data = ray.data.from_items([{"item": json.dumps(item, default=str)} for item in items])
         acks = data.map_batches(
-            StageActor, batch_size=self.options.ray_batch_size, batch_format="numpy",
+            StageActor, batch_size=batch_size, batch_format="numpy",
             concurrency=min(actors, len(items)), num_gpus=gpus or None, num_cpus=1,
             fn_constructor_kwargs=dict(stage=stage, output=output, gpus=gpus),
             max_restarts=self.policy.max_restarts, max_task_retries=self.policy.max_retries,
         )
-        for record in acks.iter_rows():
-            key, ok, line = json.loads(record["ack"])
-            if line:
-                print(line, flush=True)
-            if progress:
-                progress.row(0, ok)
+        done: set[str] = set()
+        try:
+            for record in acks.iter_rows():
+                key, ok, line = json.loads(record["ack"])
+                done.add(key)
+                if line:
+                    say(line)
+                if progress:
+                    progress.row(0, ok)
+        except Exception as exc:  # noqa: BLE001 - every actor gone: what is left is retried or failed
+            if not done:
+                raise PoolError(f"no Ray worker could process a batch: {exc}") from exc
+        return [item for item in items if item["key"] not in done]

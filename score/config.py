@@ -79,8 +79,9 @@ class ScoreConfig:
                                          "but renders on one thread (the cache is not thread-safe)")
     batch_size: int = _f(4, "transformers backend: requests per generate call")
     kv_cache_gb: int = _f(1, "CPU replicas: KV cache size in GiB")
-    load_format: str = _f("auto", "weights: auto (safetensors only, never pickle), or dummy for random weights "
-                                          "at real size (benchmarks)")
+    load_format: Literal["auto", "safetensors", "fastsafetensors", "runai_streamer", "dummy"] = _f(
+        "auto", "weights: auto = safetensors (never pickled .bin/.pt), vLLM's other safetensors readers, or dummy "
+                "for random weights at real size (benchmarks)")
     ignore_eos: bool = _f(False, "always generate max_tokens (benchmarks: a fixed output length)")
 
     print_prompts: bool = _f(False, "print the exact messages of each question for the first sample, then exit "

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                           default_config=str(DEMO_CONFIG))
     try:
         return run(config)
-    except (InputError, RunDirError, PoolError, ValueError) as exc:
+    except (InputError, RunDirError, PoolError, ValueError, OSError) as exc:  # OSError: our own I/O (a full disk)
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -3,6 +3,7 @@ made without a model, the --print-samples line and the --write-txt caption files
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,7 +44,19 @@ class ScoreStage(Stage):
 
     def process(self, feed: Feed) -> Iterator[dict]:
         for row in self.rows(feed):
-            # The caption file before its row: a row on disk means its file is there too.
             if self.config.write_txt and row.get("status") == "ok" and row.get("caption") is not None:
-                Path(row["image_path"]).with_suffix(".txt").write_text(row["caption"] + "\n", encoding="utf-8")
+                write_caption(row)
             yield row
+
+
+def write_caption(row: dict) -> None:
+    """The caption beside its image, whole or not at all, before the row is journaled: a row on
+    disk means its file is there too. A file that cannot be written fails that row, not the run."""
+    path = Path(row["image_path"]).with_suffix(".txt")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(row["caption"] + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        row.update(status="failed", error=f"could not write the caption file {path}: {exc}")

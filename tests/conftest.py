@@ -10,6 +10,10 @@ from data import tiny
 from helpers import shape_image, write_jsonl
 
 
+def pytest_addoption(parser):
+    parser.addoption("--rounds", type=int, default=2, help="rounds of random kills in tests/test_soak.py")
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
     return {name: tiny.ensure(name) for name in tiny.MODELS}

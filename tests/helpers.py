@@ -34,6 +34,23 @@ def start_cli(module: str, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL a run's process, then wait (60 s at most) until its workers are gone too."""
+    import psutil
+
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait()
+    psutil.wait_procs(family, timeout=60)
+
+
+def rows_on_disk(folder: Path) -> int:
+    """Samples with a row on disk, journaled or in a shard: what a resumed run must not redo."""
+    from data.manifest import ManifestReader, latest_of
+
+    return len(latest_of(ManifestReader(folder).rows())) if folder.is_dir() else 0
+
+
 def rows(folder: Path) -> pd.DataFrame:
     return pd.read_parquet(folder)
 

@@ -65,3 +65,8 @@ def test_score_caption_folder_and_a_judge_that_cannot_start(tmp_path, tiny_model
                    "--output-dir", str(tmp_path / "bad"), "--progress", "none", check=False)
     line = _one_clear_line(proc)
     assert line.startswith("error: no worker could start: ") and str(tmp_path / "bad" / "logs") in line
+
+
+def test_pickled_weights_are_refused_before_anything_loads():
+    proc = run_cli("score.run", "--load-format", "pt", "--progress", "none", check=False)
+    assert proc.returncode == 2 and "invalid choice: 'pt'" in proc.stderr

@@ -1,7 +1,6 @@
 """gen.run end to end: real processes, the tiny pipelines, real files."""
 
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import rows, run_cli, shape_image, start_cli, wait_until, write_jsonl
+from helpers import kill_run, rows, rows_on_disk, run_cli, shape_image, start_cli, wait_until, write_jsonl
 
 T2I = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
        "--progress", "none"]
@@ -48,12 +47,13 @@ def test_sigkill_then_resume_gives_one_row_per_sample_and_same_images(prompts16,
     gen(prompts16, tmp_path / "clean", "--devices", "cpu")
     run = tmp_path / "killed"
     proc = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *T2I, "--devices", "cpu,cpu")
-    wait_until(lambda: len(list((run / "images").glob("*.png"))) >= 4, timeout=120)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(list((run / "images").glob("*.png")))
+    wait_until(lambda: rows_on_disk(run / "manifest") >= 4, timeout=120)
+    kill_run(proc)
+    done_before = rows_on_disk(run / "manifest")
     assert 4 <= done_before < 16, "the kill should land part-way"
-    gen(prompts16, run, "--devices", "cpu,cpu")
+    rerun = gen(prompts16, run, "--devices", "cpu,cpu")
+    # every journaled row was recovered: the rerun redid exactly the others
+    assert f"{done_before} already done, {16 - done_before} to run" in rerun.stderr
     frame = rows(run / "manifest")
     assert sorted(frame["key"]) == sorted(set(frame["key"])) and len(frame) == 16
     assert (frame["status"] == "ok").all()

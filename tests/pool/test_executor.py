@@ -6,6 +6,8 @@ The stages here are real classes run in real spawned processes; only the work is
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,3 +136,67 @@ class Trickle:
 def test_work_that_arrives_while_running_is_all_done(tmp_path):
     rows = run_pool(SleepStage(dir=str(tmp_path)), 0, ["cpu", "cpu"], work=Trickle())
     assert sorted(r["key"] for r in rows) == sorted(f"k{p}{i}" for p in range(3) for i in range(3))
+
+
+class DyingLoader(SleepStage):
+    """Killed while loading the first time (as the OOM killer does to a loader), fine after that."""
+
+    def load(self, device: str) -> None:
+        marker = Path(self.config["dir"]) / "killed-while-loading"
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().load(device)
+
+
+@pytest.mark.timeout(120)  # a loader's lock that outlives it hangs every replacement: fail, don't hang
+def test_serial_load_survives_a_loader_killed_while_holding_the_lock(tmp_path):
+    folder = tmp_path / "manifest"
+    make_executor("local", Placement(["cpu", "cpu"]), FaultPolicy(serial_load=True), ExecutorOptions()).run(
+        DyingLoader(dir=str(tmp_path)), FixedWork([{"key": f"k{i}", "attempt": 1} for i in range(6)]),
+        Output(str(folder), SCHEMA), Progress(0, "none"))
+    assert sorted(r["key"] for r in ManifestReader(folder).rows()) == [f"k{i}" for i in range(6)]
+
+
+class Talker(SleepStage):
+    def line(self, row: dict) -> str:
+        return f"done {row['key']}"
+
+
+def test_a_closed_stdout_stops_the_printing_not_the_run(tmp_path):
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_executor as t; "
+              f"t.run_pool(t.Talker(dir={str(tmp_path)!r}, seconds=0.05), 20, ['cpu'])")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout.readline().startswith(b"done ")
+    proc.stdout.close()  # as `| head -1` does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert len(ManifestReader(tmp_path / "manifest").rows()) == 20
+
+
+class BatchKiller(SleepStage):
+    """Takes items four at a time, like a pipeline batch, and dies on the poison one before any row."""
+
+    prefetch = 4
+
+    def process(self, feed):
+        while batch := feed.take(4):
+            if any(item["key"] == "k5" for item in batch):
+                os.kill(os.getpid(), signal.SIGKILL)
+            for item in batch:
+                yield {"key": item["key"], "attempt": item["attempt"], "status": "ok", "pid": os.getpid()}
+
+
+@pytest.mark.timeout(300)
+def test_only_the_sample_that_kills_its_worker_fails_not_its_batch_mates(tmp_path):
+    final = latest_of(run_pool(BatchKiller(dir=str(tmp_path)), 12, ["cpu"]))
+    assert final["k5"]["status"] == "failed" and "died (exit code -9)" in final["k5"]["error"]
+    assert [k for k, r in final.items() if r["status"] != "ok"] == ["k5"]  # its batch-mates were not blamed
+
+
+@pytest.mark.timeout(600)
+def test_on_ray_too_only_the_sample_that_kills_its_worker_fails(tmp_path):
+    final = latest_of(run_pool(BatchKiller(dir=str(tmp_path)), 12, ["cpu", "cpu"], "ray"))
+    assert sorted(final) == sorted(f"k{i}" for i in range(12))
+    assert [k for k, r in final.items() if r["status"] != "ok"] == ["k5"]  # the job lived; batch-mates are ok

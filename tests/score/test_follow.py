@@ -2,22 +2,16 @@
 SIGKILL of either side. Real gen and score processes, the tiny models, the real vLLM engine."""
 
 import re
-import signal
 from pathlib import Path
 
 from data.manifest import ManifestReader, latest_of
-from helpers import final_rows, rows, start_cli, wait_until
+from helpers import final_rows, kill_run, rows, rows_on_disk, start_cli, wait_until
 
 GEN = ["--model", "tiny:t2i", "--steps", "4", "--height", "64", "--width", "64", "--true-cfg-scale", "1",
        "--batch-size", "1", "--devices", "cpu", "--progress", "none"]
 SCORE = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "128",
          "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--progress", "none",
          "--follow", "--task", "t2i"]
-
-
-def journaled(manifest: Path) -> int:
-    """Rows on disk so far, shards and journals both (what a follower sees)."""
-    return len(ManifestReader(manifest).rows()) if manifest.is_dir() else 0
 
 
 def start_score(run: Path):
@@ -54,12 +48,10 @@ def test_sigkill_of_either_side_mid_follow_loses_nothing(prompts16, tmp_path, ti
     run = tmp_path / "run"
     score = start_score(run)
     gen = start_cli("gen.run", "--input", str(prompts16), "--output-dir", str(run), *GEN)
-    wait_until(lambda: journaled(run / "scores" / "manifest") >= 2, timeout=300)
-    score.send_signal(signal.SIGKILL)  # its replica follows it down (parent-death signal)
-    score.wait()
-    wait_until(lambda: journaled(run / "manifest") >= 6, timeout=300)
-    gen.send_signal(signal.SIGKILL)
-    gen.wait()
+    wait_until(lambda: rows_on_disk(run / "scores" / "manifest") >= 2, timeout=300)
+    kill_run(score)
+    wait_until(lambda: rows_on_disk(run / "manifest") >= 6, timeout=300)
+    kill_run(gen)
     done_before = latest_of(ManifestReader(run / "manifest").rows())
     assert 6 <= len(done_before) < 16  # killed mid-way
     score = start_score(run)  # the follower comes back first: the gen run is unfinished, so it waits

@@ -3,13 +3,12 @@
 import dataclasses
 import json
 import math
-import signal
 
 import pyarrow.parquet as pq
 import pytest
 
 from data.manifest import SCORE_SCHEMA
-from helpers import rows, run_cli, shape_image, start_cli, wait_until, write_jsonl
+from helpers import kill_run, rows, rows_on_disk, run_cli, shape_image, start_cli, wait_until, write_jsonl
 from score.config import ScoreConfig
 from score.run import placement, replica_config
 
@@ -103,16 +102,13 @@ def test_killed_scoring_run_resumes_with_one_row_per_sample(tmp_path, tiny_model
             "--window", "2"]
     proc = start_cli("score.run", *args)
 
-    def three_rows_journaled() -> bool:
-        journals = list((out / "manifest").glob(".journal-*.jsonl")) if (out / "manifest").exists() else []
-        return bool(journals) and journals[0].read_text().count("\n") >= 3
-
-    wait_until(three_rows_journaled, timeout=300, interval=0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = sum(j.read_text().count("\n") for j in (out / "manifest").glob(".journal-*.jsonl"))
+    wait_until(lambda: rows_on_disk(out / "manifest") >= 3, timeout=300, interval=0.02)
+    kill_run(proc)
+    partial = rows_on_disk(out / "manifest")
     assert 3 <= partial < 40, "the kill should land part-way"
-    run_cli("score.run", *args)
+    rerun = run_cli("score.run", *args)
+    # every journaled row was recovered: the rerun scored exactly the others
+    assert f"{partial} already done, {40 - partial} to run" in rerun.stderr
     frame = rows(out / "manifest")
     assert len(frame) == 40 and frame["key"].is_unique and (frame["status"] == "ok").all()
     assert not list((out / "manifest").glob(".*"))  # no journal or temporary shard left
