@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,14 +35,40 @@ def start_cli(module: str, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def kill_run(proc: subprocess.Popen) -> None:
-    """SIGKILL a run's process, then wait (60 s at most) until its workers are gone too."""
+def _family(proc: subprocess.Popen) -> list:
     import psutil
 
-    family = psutil.Process(proc.pid).children(recursive=True)
-    proc.kill()
+    try:
+        parent = psutil.Process(proc.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL a run: its process, its workers and their engines, as a host's OOM killer or a
+    scheduler's cancel would; returns when they are gone (60 s at most)."""
+    import psutil
+
+    family = _family(proc)
+    for member in family:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait()
     psutil.wait_procs(family, timeout=60)
+
+
+def pause_run(proc: subprocess.Popen, pause: bool = True) -> None:
+    """SIGSTOP (or SIGCONT) a run and every process under it: a run held mid-way, whatever its speed."""
+    import psutil
+
+    for member in _family(proc):
+        try:
+            member.send_signal(signal.SIGSTOP if pause else signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def rows_on_disk(folder: Path) -> int:

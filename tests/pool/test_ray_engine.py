@@ -6,7 +6,7 @@ from helpers import rows, run_cli, write_jsonl
 GEN = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
        "--devices", "cpu,cpu", "--progress", "none"]
 SCORE = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
-         "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu,cpu", "--progress", "none"]
+         "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--progress", "none"]
 GEN_COLUMNS = ["key", "sample_id", "index", "category", "prompt", "status", "image_path", "seed", "steps", "attempt"]
 SCORE_COLUMNS = ["key", "sample_id", "index", "category", "status", "image_path", "template", "prompt_tokens"]
 
