@@ -213,7 +213,7 @@ def raw_engine(model: str, manifest: Path, args, as_users_run_it: bool = False):
     from PIL import Image
     from vllm import LLM, SamplingParams
 
-    from score.engine import engine_args, set_cpu_kv_cache
+    from score.engine import engine_args, set_cpu_engine
     from score.judge import Judge
     from score.templates import caption_template
 
@@ -222,7 +222,7 @@ def raw_engine(model: str, manifest: Path, args, as_users_run_it: bool = False):
     config = score_config(model, manifest, folder, args)
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     if device == "cpu":
-        set_cpu_kv_cache(config)  # as our replica does
+        set_cpu_engine(config)  # as our replica does
     start = time.time()
     kwargs = engine_args(config, device, 1)
     if as_users_run_it and not args.max_num_seqs:

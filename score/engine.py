@@ -65,16 +65,22 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
     )
 
 
-def set_cpu_kv_cache(config: ScoreConfig) -> None:
-    """vLLM's CPU backend sizes its KV cache from the environment, not from an engine argument."""
+def set_cpu_engine(config: ScoreConfig) -> None:
+    """vLLM's CPU backend sizes its KV cache from the environment, not from an engine argument.
+    Its engine core runs in this process: a replica is already its own process, and vLLM's split
+    into a front-end, an engine-core and a worker process costs two more interpreters importing
+    torch and vLLM, about 30 s of every start on a 2-core machine. The environment can still ask
+    for the split (VLLM_ENABLE_V1_MULTIPROCESSING=1); GPU replicas keep it, where it overlaps
+    rendering with the GPU's work."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 class VLLMStage(ScoreStage):
     def load(self, device: str) -> None:
         config = self.config
         if device == "cpu":
-            set_cpu_kv_cache(config)
+            set_cpu_engine(config)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress, not vLLM's INFO stream
         from vllm import LLM
 

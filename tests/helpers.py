@@ -17,21 +17,27 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+# vLLM's own process layout (front-end, engine core, worker processes), as GPU replicas run it;
+# CPU replicas run the engine core in their own process unless asked (score/engine.py).
+ENGINE_PROCESSES = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
 
 
-def run_cli(module: str, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(extra or {})}
+
+
+def run_cli(module: str, *args: str, timeout: float = 600, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `python -m module args` as our users do, from the repository root."""
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(),
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(env),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-6000:]}")
     return proc
 
 
-def start_cli(module: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(),
+def start_cli(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=cli_env(env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

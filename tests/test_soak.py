@@ -11,7 +11,7 @@ import signal
 import psutil
 from PIL import Image
 
-from helpers import final_rows, kill_run, rows, rows_on_disk, run_cli, start_cli, wait_until, write_jsonl
+from helpers import ENGINE_PROCESSES, final_rows, kill_run, rows, rows_on_disk, run_cli, start_cli, wait_until, write_jsonl
 
 N = 100
 GEN = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
@@ -28,13 +28,14 @@ def workers(proc) -> list[psutil.Process]:
         return []
 
 
-def kill_rounds(module: str, args: list[str], manifest, rounds: int, rng: random.Random) -> dict[str, int]:
+def kill_rounds(module: str, args: list[str], manifest, rounds: int, rng: random.Random,
+                env: dict[str, str] | None = None) -> dict[str, int]:
     """Each round: start the command, let it write a random number of rows, then SIGKILL one worker
     (with its engine; always in the first round, by chance after), let it write more, then SIGKILL
     the whole run."""
     kills = {"worker": 0, "run": 0}
     for round_ in range(rounds):
-        proc = start_cli(module, *args)
+        proc = start_cli(module, *args, env=env)
         for target in ("worker", "run"):
             goal = rows_on_disk(manifest) + rng.randint(3, 12)
             wait_until(lambda: rows_on_disk(manifest) >= goal or proc.poll() is not None, timeout=300, interval=0.1)
@@ -76,8 +77,10 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path, tiny_models, request)
             image.load()
     assert not list(run.rglob(".*.tmp"))
     score_args = ["--input", str(run), *SCORE]
-    score_kills = kill_rounds("score.run", score_args, run / "scores" / "manifest", max(1, rounds // 2), rng)
-    run_cli("score.run", *score_args)
+    # the replica with vLLM's engine-core and worker processes under it, as on a GPU
+    score_kills = kill_rounds("score.run", score_args, run / "scores" / "manifest", max(1, rounds // 2), rng,
+                              env=ENGINE_PROCESSES)
+    run_cli("score.run", *score_args, env=ENGINE_PROCESSES)
     assert_whole(run / "scores" / "manifest", N)
     print(f"soak: rounds {rounds}; gen kills {gen_kills}, score kills {score_kills}; "
           f"{N} gen rows and {N} score rows final, 0 lost, 0 duplicated; "
