@@ -32,19 +32,39 @@ from pool.stage import ExecutorOptions, FaultPolicy, ListFeed, Output, PoolError
 POLL_S = 5.0
 
 
+class Slots:
+    """Numbers the run's workers as the local executor does, one per device: the same GPU of the
+    same node keeps its number when Ray restarts its actor. CPU actors share the node's cores, so
+    each process gets its own."""
+
+    def __init__(self):
+        self.slots: dict[str, int] = {}
+
+    def slot(self, key: str) -> int:
+        return self.slots.setdefault(key, len(self.slots))
+
+
+def actor_device(ray, gpus: int) -> str:
+    """The local executor's device string: `cuda:2`, `cuda:0+1` (the node's GPUs Ray assigned), `cpu`."""
+    return "cuda:" + "+".join(str(i) for i in ray.get_gpu_ids()) if gpus else "cpu"
+
+
 class StageActor:
     """Holds one loaded stage for the actor's life; turns a batch of items into rows on disk."""
 
-    def __init__(self, stage: Stage, output: Output, gpus: int):
+    def __init__(self, stage: Stage, output: Output, gpus: int, slots):
+        import ray
+
         if not gpus:  # Ray sets CUDA_VISIBLE_DEVICES for GPU actors; CPU actors share the cores politely
             os.environ.update({"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "GENSCORE_CPU_THREADS": "1",
                                "VLLM_CPU_OMP_THREADS_BIND": "nobind"})
         else:
             os.environ.setdefault("OMP_NUM_THREADS", "1")  # as pool.devices.process_env does locally
-        self.device = "cuda" if gpus else "cpu"
-        stage.load(self.device)
+        self.device = actor_device(ray, gpus)
+        node = ray.get_runtime_context().get_node_id()
+        self.slot = ray.get(slots.slot.remote(f"{node}/{self.device}" if gpus else f"{node}/{os.getpid()}"))
+        stage.load("cuda" if gpus else "cpu")
         self.stage = stage
-        self.label = f"ray:{socket.gethostname()}:{self.device}"
         self.writer = ManifestWriter(output.folder, output.schema, tag=f"ray-{socket.gethostname()}-{os.getpid()}")
 
     def __call__(self, batch: dict) -> dict:
@@ -55,7 +75,7 @@ class StageActor:
             rows = [self._one(item) for item in items]
         acks = []
         for row in rows:
-            row.update(device=self.label, worker=os.getpid())
+            row.update(device=self.device, worker=self.slot)
             self.writer.add(row)
             acks.append(json.dumps([row["key"], row.get("status") == "ok", self.stage.line(row)]))
         return {"ack": acks}
@@ -92,6 +112,7 @@ class RayExecutor:
             address = None if self.options.ray_address == "local" else self.options.ray_address
             ray.init(address=address, log_to_driver=False)
         actors, gpus = self._actors(ray)
+        self.slots = ray.remote(num_cpus=0)(Slots).remote()
         if progress:
             progress.worker_started(0, f"ray x{actors}")
         last = False
@@ -118,7 +139,7 @@ class RayExecutor:
             writer = ManifestWriter(output.folder, output.schema, tag="driver")
             for item in missing:
                 row = stage.failed_row(item, "its Ray worker died on it (alone, after retries)")
-                row.update(device="ray", worker=-1)
+                row.update(device=None, worker=-1)  # Ray does not say which actor died
                 writer.add(row)
                 if progress:
                     progress.row(0, False)
@@ -132,7 +153,7 @@ class RayExecutor:
         acks = data.map_batches(
             StageActor, batch_size=batch_size, batch_format="numpy",
             concurrency=min(actors, len(items)), num_gpus=gpus or None, num_cpus=1,
-            fn_constructor_kwargs=dict(stage=stage, output=output, gpus=gpus),
+            fn_constructor_kwargs=dict(stage=stage, output=output, gpus=gpus, slots=self.slots),
             max_restarts=self.policy.max_restarts, max_task_retries=self.policy.max_retries,
         )
         done: set[str] = set()
