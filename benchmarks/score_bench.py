@@ -24,6 +24,10 @@ Each mode also reports gpu_busy: the mean of nvidia-smi's utilization.gpu (share
 was running) sampled every 200 ms over the measured span, for the busiest GPU (gpu_busy_each: every
 GPU); near 100 means the GPU is the limit. cpu_cores_busy: how many of the host's cores were busy
 on average over the span (from /proc/stat), to tell a CPU-bound front-end from a full host.
+Start-up: ours reports `startup` (the set-up, worker spawn and imports until vLLM's first log line;
+vLLM's own timed steps; the first request; the teardown after the last row); raw reports its
+`LLM(...)` time and, apart, `python_and_import_s` (a fresh `python -c "import vllm"`), which a
+user's script also pays.
 Prints one JSON line of figures. Needs a GPU (or --device cpu with a tiny --model for a smoke run).
 """
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,6 +192,7 @@ def run_ours(model: str, manifest: Path, out: Path, args, monitor: Monitor, **ov
 
     from score.run import run
 
+    os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # the worker log then says where its start-up went
     start = time.time()
     code = run(score_config(model, manifest, out, args, **overrides))
     wall = time.time() - start
@@ -203,8 +209,32 @@ def run_ours(model: str, manifest: Path, out: Path, args, monitor: Monitor, **ov
                                            "from_s": round(begin - first, 1), "to_s": round(end - first, 1)}
     return {"exit": code, "ok": len(ok), "images_per_s": len(frame) / span, "wall_s": wall,
             **monitor.span(first, last), "replicas": replicas,
-            "startup_s": wall - span, "prompt_tokens": float(ok["prompt_tokens"].mean()),
-            "output_tokens": float(ok["output_tokens"].mean())}
+            "startup_s": wall - span, "startup": startup_phases(out / "logs" / "worker-0.log", start, first, last,
+                                                                start + wall),
+            "prompt_tokens": float(ok["prompt_tokens"].mean()), "output_tokens": float(ok["output_tokens"].mean())}
+
+
+STEP = re.compile(r"(took|takes|finished in|loaded in) [\d.]+ ?(s|secs|seconds)\b", re.I)
+STAMP = re.compile(r"(INFO|WARNING) (\d\d-\d\d \d\d:\d\d:\d\d) \[[^]]*\] (.*)")
+
+
+def startup_phases(log: Path, start: float, first: float, last: float, end: float) -> dict:
+    """Where a replica's time outside the scoring span goes, from the first replica's log (vLLM's
+    lines carry whole-second local timestamps) and the rows' own timestamps:
+    - to_engine_s: the run's set-up, the worker process's spawn and imports, until vLLM's first line;
+    - engine_s: from there to the first request (vLLM's own timed steps listed in `vllm_steps`);
+    - teardown_s: from the last row to the end of the run (engine shutdown, sealing, summary)."""
+    year = time.localtime(start).tm_year
+    stamps, steps = [], []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if match := STAMP.search(line):
+            stamps.append(time.mktime(time.strptime(f"{year}-{match[2]}", "%Y-%m-%d %H:%M:%S")))
+            if STEP.search(match[3]):
+                steps.append(f"+{stamps[-1] - start:.0f}s {match[3][:140]}")
+    engine_at = stamps[0] if stamps else None
+    return {"to_engine_s": round(engine_at - start, 1) if engine_at else None,
+            "engine_s": round(first - engine_at, 1) if engine_at else None,
+            "first_request_s": round(first - start, 1), "teardown_s": round(end - last, 1), "vllm_steps": steps}
 
 
 def raw_engine(model: str, manifest: Path, args, as_users_run_it: bool = False):
@@ -327,6 +357,10 @@ def run_modes(modes: list[str], model: str, manifest: Path, work: Path, args, mo
         result["ours"] = run_ours(model, manifest, work / "ours", args, monitor, **overrides)
     if "raw" in modes:
         result["raw_vllm"] = run_raw(model, manifest, args, monitor)
+        # a user's script also starts Python and imports vLLM before LLM(...): timed apart, warm
+        started = time.time()
+        subprocess.run([sys.executable, "-c", "import vllm"], check=True, capture_output=True)
+        result["raw_vllm"]["python_and_import_s"] = round(time.time() - started, 1)
     if "raw1" in modes:  # last among the raw modes: it sets this process's OpenMP threads to 1
         result["raw_vllm_omp1"] = run_raw(model, manifest, args, monitor, omp_threads=1)
     if "engine" in modes:
