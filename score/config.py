@@ -66,7 +66,8 @@ class ScoreConfig:
     max_num_seqs: int | None = _f(None, "vLLM concurrent sequences per replica (default on GPUs: 256, within "
                                         "vLLM's CUDA-graph batch sizes; on CPU: vLLM's)")
     gpu_memory_utilization: float = _f(0.9, "vLLM share of GPU memory")
-    enforce_eager: bool = _f(False, "skip CUDA graphs / torch.compile (faster start, slower run)")
+    enforce_eager: bool | None = _f(None, "skip CUDA graphs / torch.compile (faster start, slower run); default: "
+                                          "on CPU, where vLLM compiles afresh at every start, off on GPUs")
     max_tokens: int = _f(512, "output tokens per answer (the editscore protocol uses its own 512)")
     max_reasoning_chars: int | None = _f(
         None, "cap on an answer's reasoning string, so that it closes within --max-tokens instead of being cut "

@@ -53,7 +53,7 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
     return dict(
         model=model, dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
         **({"max_num_seqs": max_num_seqs(config, device)} if max_num_seqs(config, device) else {}),
-        enforce_eager=config.enforce_eager, seed=0,
+        enforce_eager=device == "cpu" if config.enforce_eager is None else config.enforce_eager, seed=0,
         **({"quantization": "fp8"} if config.quantize == "fp8" else {}),
         limit_mm_per_prompt={"image": 2, "video": 0}, mm_processor_cache_gb=config.mm_processor_cache_gb,
         mm_processor_kwargs=processor_kwargs(config, model),

@@ -55,16 +55,13 @@ def edit_pairs(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def scored_run(tmp_path_factory, tiny_models) -> Path:
     """A small demo-like run: 9 prompts in 3 categories generated and scored with the tiny models."""
-    from helpers import run_cli
+    from helpers import TINY_GEN, TINY_SCORE, run_cli
 
     root = tmp_path_factory.mktemp("scored")
     categories = ["shapes", "objects", "scenes"]
     src = write_jsonl(root / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"a {c} number {i}", "category": c}
                                                for i, c in enumerate(categories * 3)])
     run = root / "run"
-    run_cli("gen.run", "--input", str(src), "--output-dir", str(run), "--model", "tiny:t2i", "--steps", "2",
-            "--height", "32", "--width", "32", "--true-cfg-scale", "1", "--devices", "cpu", "--progress", "none")
-    run_cli("score.run", "--input", str(run), "--model", "tiny:qwen3vl", "--max-model-len", "2048",
-            "--max-num-seqs", "8", "--max-tokens", "256", "--enforce-eager", "--max-pixels", "16384",
-            "--devices", "cpu", "--progress", "none")
+    run_cli("gen.run", "--input", str(src), "--output-dir", str(run), *TINY_GEN, "--devices", "cpu")
+    run_cli("score.run", "--input", str(run), *TINY_SCORE)
     return run

@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE_PROCESSES = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
 
 
+# The shared scored run's settings (conftest.scored_run); a test that reruns them elsewhere compares with it.
+TINY_GEN = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
+            "--progress", "none"]
+TINY_SCORE = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
+              "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--progress", "none"]
+
+
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(extra or {})}
 
