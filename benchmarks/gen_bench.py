@@ -11,6 +11,7 @@ Modes (each `gen.run` mode is a fresh worker process writing PNGs and manifest s
 - eager:   gen.run --compile off (the same work as bare: the overhead of our stage)
 - default: gen.run as shipped (regional torch.compile of the transformer blocks on GPUs)
 - cudnn:   default + --attention-backend _native_cudnn
+- fa3:     default + --attention-backend fa3 (FlashAttention-3 from vLLM's wheel, gen/fa3.py)
 - fbcache: --cache-threshold 0.05 (first-block cache, which turns compile off: lossy)
 - fp8:     default + --quantize fp8 (float8 linear layers, torchao: lossy)
 Each mode runs --images + 1 images; the first is the warm-up (compile, autotune) and is reported
@@ -53,6 +54,7 @@ MODES = {
     "eager": {"compile": "off"},
     "default": {},
     "cudnn": {"attention_backend": "_native_cudnn"},
+    "fa3": {"attention_backend": "fa3"},
     "fbcache": {"cache_threshold": 0.05},
     "fp8": {"quantize": "fp8"},
 }

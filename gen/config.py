@@ -35,7 +35,8 @@ class GenConfig:
     batch_size: int = _f(1, "samples per pipeline call (one generator per sample)")
     compile: Literal["auto", "on", "off"] = _f(
         "auto", "regional torch.compile of the transformer's repeated blocks; auto = on for GPUs")
-    attention_backend: str | None = _f(None, "diffusers attention backend, e.g. _native_cudnn, flash, _flash_3")
+    attention_backend: str | None = _f(None, "attention kernel: fa3 (FlashAttention-3 from vLLM's wheel, Hopper GPUs, "
+                                             "Qwen-Image) or a diffusers backend, e.g. _native_cudnn, flash")
     cache_threshold: float | None = _f(
         None, "first-block cache: skip the other blocks while the first block's output changes less "
               "than this (lossy; e.g. 0.05; turns --compile auto off). Default off")

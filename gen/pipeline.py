@@ -118,14 +118,23 @@ def speed_up(pipe, compile: str, attention_backend: str | None, cache_threshold:
     if cache_threshold is not None and compile == "auto":
         compile = "off"
     compiling = compile == "on" or (compile == "auto" and device.startswith("cuda"))
-    if compiling:
-        from gen.fused_gelu import fuse_gelu
+    fa3 = attention_backend == "fa3"  # ours (gen/fa3.py); any other name is diffusers'
+    if fa3:
+        from gen.fa3 import unavailable_reason
+
+        if reason := unavailable_reason(device):
+            raise ValueError(f"--attention-backend fa3: {reason}")
+    if compiling or fa3:
         from gen.qwen_attention import use_real_rope
 
-        use_real_rope(denoiser)  # before the backend is set: that setting lives on the processors
-        if quantize == "none":  # cuBLASLt's GELU epilogue takes plain weights, not float8 ones
-            fuse_gelu(denoiser)
-    if attention_backend:
+        # before the backend is set: that setting lives on the processors
+        if not use_real_rope(denoiser, fa3) and fa3:
+            raise ValueError("--attention-backend fa3 is built for Qwen-Image transformers only")
+    if compiling and quantize == "none":  # cuBLASLt's GELU epilogue takes plain weights, not float8 ones
+        from gen.fused_gelu import fuse_gelu
+
+        fuse_gelu(denoiser)
+    if attention_backend and not fa3:
         denoiser.set_attention_backend(attention_backend)
     if quantize == "fp8":
         quantize_fp8(denoiser)  # before compiling: the compiled blocks then fuse the scaling

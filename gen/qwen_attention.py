@@ -46,6 +46,9 @@ class RealRopeAttnProcessor:
     _attention_backend = None
     _parallel_config = None
 
+    def __init__(self, fa3: bool = False):
+        self.fa3 = fa3  # FlashAttention-3 from vLLM's build (gen/fa3.py) instead of diffusers' dispatch
+
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  encoder_hidden_states_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -60,9 +63,14 @@ class RealRopeAttnProcessor:
         if encoder_hidden_states_mask is not None:
             image_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
             mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
-        joint = dispatch_attention_fn(*(torch.cat(pair, dim=1) for pair in zip(txt, img)), attn_mask=mask,
-                                      dropout_p=0.0, is_causal=False, backend=self._attention_backend,
-                                      parallel_config=self._parallel_config)
+        query, key, value = (torch.cat(pair, dim=1) for pair in zip(txt, img))
+        if self.fa3 and mask is None:
+            from gen.fa3 import fa3_attention
+
+            joint = fa3_attention(query, key, value)
+        else:
+            joint = dispatch_attention_fn(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False,
+                                          backend=self._attention_backend, parallel_config=self._parallel_config)
         joint = joint.flatten(2, 3).to(img[0].dtype)
         text_len = encoder_hidden_states.shape[1]
         img_out = attn.to_out[0](joint[:, text_len:].contiguous())
@@ -77,12 +85,13 @@ def _real_freqs(module, args, freqs: tuple[torch.Tensor, ...]) -> tuple[torch.Te
     return tuple(torch.view_as_real(f).clone() if f.is_complex() else f for f in freqs)
 
 
-def use_real_rope(transformer) -> bool:
-    """Swap every stock Qwen double-stream processor in `transformer` for RealRopeAttnProcessor;
-    False (and nothing changed) for any other model."""
+def use_real_rope(transformer, fa3: bool = False) -> bool:
+    """Swap every stock Qwen double-stream processor in `transformer` for RealRopeAttnProcessor
+    (with FlashAttention-3 for unmasked attention if `fa3`); False (and nothing changed) for any
+    other model."""
     processors = transformer.attn_processors if hasattr(transformer, "attn_processors") else {}
     if not processors or not all(isinstance(p, QwenDoubleStreamAttnProcessor2_0) for p in processors.values()):
         return False
-    transformer.set_attn_processor(RealRopeAttnProcessor())
+    transformer.set_attn_processor(RealRopeAttnProcessor(fa3))
     transformer.pos_embed.register_forward_hook(_real_freqs)
     return True

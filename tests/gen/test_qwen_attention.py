@@ -70,3 +70,38 @@ def test_other_models_keep_their_processors():
     before = {name: type(p) for name, p in unet.attn_processors.items()}
     assert not use_real_rope(unet)
     assert {name: type(p) for name, p in unet.attn_processors.items()} == before
+
+
+class Traced(Exception):
+    """Raised instead of running a captured graph: FlashAttention-3 itself runs on Hopper GPUs only."""
+
+
+def test_fa3_is_one_opaque_call_in_each_compiled_block(tiny_transformer):
+    # what the compiler makes of it shows on any machine: the op's fake gives the shapes
+    transformer = tiny_transformer()
+    assert use_real_rope(transformer, fa3=True)
+    graphs = []
+
+    def capture(graph, example_inputs):
+        graphs.append(graph)
+
+        def run(*args):
+            raise Traced
+        return run
+
+    torch._dynamo.reset()
+    transformer.compile_repeated_blocks(fullgraph=True, backend=capture)  # a graph break would raise
+    unmasked = dict(transformer_inputs(transformer.config), encoder_hidden_states_mask=None)  # as batch-1 runs are
+    with torch.no_grad(), pytest.raises(Traced):
+        transformer(**unmasked)
+    calls = [str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"]
+    assert sum("fa3_attention" in call for call in calls) == 1
+    assert not any("scaled_dot_product" in call for call in calls)
+
+
+def test_fa3_off_a_hopper_gpu_is_a_clear_error(tiny_models):
+    from gen.pipeline import load_pipeline, speed_up
+
+    pipe = load_pipeline(str(tiny_models["t2i"]), "fp32", "cpu")
+    with pytest.raises(ValueError, match="--attention-backend fa3: it needs a CUDA GPU, not cpu"):
+        speed_up(pipe, "off", "fa3", None, "cpu")
