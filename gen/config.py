@@ -36,7 +36,9 @@ class GenConfig:
     compile: Literal["auto", "on", "off"] = _f(
         "auto", "regional torch.compile of the transformer's repeated blocks; auto = on for GPUs")
     attention_backend: str | None = _f(None, "attention kernel: fa3 (FlashAttention-3 from vLLM's wheel, Hopper GPUs, "
-                                             "Qwen-Image) or a diffusers backend, e.g. _native_cudnn, flash")
+                                             "Qwen-Image), or a diffusers backend (native = PyTorch's SDPA, "
+                                             "_native_cudnn, flash, ...); default: fa3 where it runs and the "
+                                             "blocks are compiled, else native")
     cache_threshold: float | None = _f(
         None, "first-block cache: skip the other blocks while the first block's output changes less "
               "than this (lossy; e.g. 0.05; turns --compile auto off). Default off")
