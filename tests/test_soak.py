@@ -77,10 +77,11 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path, tiny_models, request)
             image.load()
     assert not list(run.rglob(".*.tmp"))
     score_args = ["--input", str(run), *SCORE]
-    # the replica with vLLM's engine-core and worker processes under it, as on a GPU
+    # killed with vLLM's engine-core and worker processes under the replica, as on a GPU; finished
+    # with the CPU's in-process engine
     score_kills = kill_rounds("score.run", score_args, run / "scores" / "manifest", max(1, rounds // 2), rng,
                               env=ENGINE_PROCESSES)
-    run_cli("score.run", *score_args, env=ENGINE_PROCESSES)
+    run_cli("score.run", *score_args)
     assert_whole(run / "scores" / "manifest", N)
     print(f"soak: rounds {rounds}; gen kills {gen_kills}, score kills {score_kills}; "
           f"{N} gen rows and {N} score rows final, 0 lost, 0 duplicated; "

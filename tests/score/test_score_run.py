@@ -126,19 +126,6 @@ def test_transformers_backend_gives_rows_of_the_same_schema(edit_pairs, tmp_path
     assert frame["overall"].between(0, 10).all() and (frame["output_tokens"] > 0).all()
 
 
-def test_unreadable_images_become_failed_rows(tmp_path, tiny_models):
-    good = shape_image(tmp_path / "good.png", (1, 2, 3))
-    (tmp_path / "empty.png").write_bytes(b"")
-    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "good", "image": good.name}, {"id": "empty", "image": "empty.png"},
-                                              {"id": "gone", "image": "gone.png"}])
-    proc = score("--task", "caption", "--input", str(src), "--output-dir", str(tmp_path / "s"), "--devices", "cpu")
-    frame = rows(tmp_path / "s" / "manifest").set_index("key")
-    assert frame.loc["good", "status"] == "ok"
-    assert frame.loc["empty", "status"] == "failed" and "UnidentifiedImageError" in frame.loc["empty", "error"]
-    assert frame.loc["gone", "status"] == "failed" and "not found" in frame.loc["gone", "error"]
-    assert proc.returncode == 0
-
-
 def test_custom_template_from_yaml(tmp_path, tiny_models):
     template = tmp_path / "tmpl.yaml"
     template.write_text(
