@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import queue
 import signal
@@ -152,10 +153,12 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     writer.close()
     stage.close()
     outbox.send(("exit", wid))
-    sys.stdout.flush()
-    sys.stderr.flush()
     # Every row is on disk and the parent told: skip the interpreter's teardown of torch, vLLM and
     # their native libraries, seconds of freeing memory that the kernel reclaims at once anyway.
+    # multiprocessing's own finalizers (named semaphores) still run, as after any child's target.
+    mp_util._exit_function()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
 
 
