@@ -150,9 +150,13 @@ class RayExecutor:
         """Run `items` in batches; returns those whose batch failed for good."""
         ray.data.DataContext.get_current().max_errored_blocks = -1  # a failed batch is skipped, not fatal
         data = ray.data.from_items([{"item": json.dumps(item, default=str)} for item in items])
+        # One item per batch isolates: then an actor holds one batch at a time, so its death
+        # charges the item that caused it, not items queued behind it on the same actor.
+        pool = ray.data.ActorPoolStrategy(size=min(actors, len(items)),
+                                          max_tasks_in_flight_per_actor=1 if batch_size == 1 else None)
         acks = data.map_batches(
             StageActor, batch_size=batch_size, batch_format="numpy",
-            concurrency=min(actors, len(items)), num_gpus=gpus or None, num_cpus=1,
+            compute=pool, num_gpus=gpus or None, num_cpus=1,
             fn_constructor_kwargs=dict(stage=stage, output=output, gpus=gpus, slots=self.slots),
             max_restarts=self.policy.max_restarts, max_task_retries=self.policy.max_retries,
         )
