@@ -8,7 +8,7 @@ Each kernel runs the same bf16 q, k, v; it is timed over 20 calls after 3 warm-u
 output compared with float32 attention (max and mean absolute difference). Kernels:
 - sdpa:         PyTorch's scaled_dot_product_attention as gen.run calls it (cuDNN's on Hopper)
 - sdpa_flash:   the same, forced to its FlashAttention-2 kernel
-- vllm_fa3:     FlashAttention-3, the build vLLM ships for Hopper (vllm.vllm_flash_attn, fa_version=3)
+- vllm_fa3:     FlashAttention-3, the build vLLM ships for Hopper, as gen.run calls it (gen/fa3.py)
 Prints one JSON line per shape: milliseconds, TFLOPS (4 * tokens^2 * heads * head_dim), differences.
 """
 
@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SHAPES = {"edit": 8192 + 1400, "t2i": 4096 + 100}
 HEADS, HEAD_DIM = 24, 128
@@ -32,17 +36,6 @@ def sdpa(q, k, v, backend=None):
         return run()
     with sdpa_kernel(backend):
         return run()
-
-
-def vllm_fa3(q, k, v):
-    import torch
-    from vllm.vllm_flash_attn import flash_attn_varlen_func
-
-    tokens = q.shape[1]
-    cu = torch.tensor([0, tokens], dtype=torch.int32, device=q.device)
-    out = flash_attn_varlen_func(q[0], k[0], v[0], max_seqlen_q=tokens, cu_seqlens_q=cu, max_seqlen_k=tokens,
-                                 cu_seqlens_k=cu, causal=False, fa_version=3)
-    return out.unsqueeze(0)
 
 
 def time_ms(call, repeats: int = 20) -> float:
@@ -62,12 +55,14 @@ def main() -> None:
     import torch
     from torch.nn.attention import SDPBackend
 
+    from gen.fa3 import fa3_attention
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="edit,t2i")
     parser.add_argument("--device", default="cuda:0")
     args = parser.parse_args()
     kernels = {"sdpa": sdpa, "sdpa_flash": lambda q, k, v: sdpa(q, k, v, SDPBackend.FLASH_ATTENTION),
-               "vllm_fa3": vllm_fa3}
+               "vllm_fa3": fa3_attention}
     for shape in args.shapes.split(","):
         tokens = SHAPES[shape]
         torch.manual_seed(0)

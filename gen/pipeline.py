@@ -119,20 +119,19 @@ def speed_up(pipe, compile: str, attention_backend: str | None, cache_threshold:
     if cache_threshold is not None and compile == "auto":
         compile = "off"
     compiling = compile == "on" or (compile == "auto" and device.startswith("cuda"))
-    fa3 = attention_backend == "fa3"  # ours (gen/fa3.py); any other name is diffusers'
-    if fa3 or (attention_backend is None and compiling):
-        from gen.fa3 import unavailable_reason
+    from gen.fa3 import unavailable_reason
+    from gen.qwen_attention import has_qwen_attention, use_real_rope
 
+    fa3 = attention_backend == "fa3"  # ours (gen/fa3.py); any other name is diffusers'
+    if fa3 and not has_qwen_attention(denoiser):
+        raise ValueError("--attention-backend fa3 is built for Qwen-Image transformers only")
+    if fa3 or (attention_backend is None and compiling and has_qwen_attention(denoiser)):
         reason = unavailable_reason(device)
         if fa3 and reason:
             raise ValueError(f"--attention-backend fa3: {reason}")
         fa3 = not reason  # by default where it runs: lossless, 1.05x on a Qwen-Image-Edit image (H200)
     if compiling or fa3:
-        from gen.qwen_attention import use_real_rope
-
-        # before the backend is set: that setting lives on the processors
-        if not use_real_rope(denoiser, fa3) and attention_backend == "fa3":
-            raise ValueError("--attention-backend fa3 is built for Qwen-Image transformers only")
+        use_real_rope(denoiser, fa3)  # before the backend is set: that setting lives on the processors
     if compiling and quantize == "none":  # cuBLASLt's GELU epilogue takes plain weights, not float8 ones
         from gen.fused_gelu import fuse_gelu
 

@@ -17,6 +17,8 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 
+from gen.fa3 import fa3_attention
+
 
 def rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """x [B, S, H, D] by freqs [S, D/2, 2] (cos, sin of each pair), computed in float32 like diffusers.
@@ -65,8 +67,6 @@ class RealRopeAttnProcessor:
             mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
         query, key, value = (torch.cat(pair, dim=1) for pair in zip(txt, img))
         if self.fa3 and mask is None:
-            from gen.fa3 import fa3_attention
-
             joint = fa3_attention(query, key, value)
         else:
             joint = dispatch_attention_fn(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False,
@@ -85,12 +85,17 @@ def _real_freqs(module, args, freqs: tuple[torch.Tensor, ...]) -> tuple[torch.Te
     return tuple(torch.view_as_real(f).clone() if f.is_complex() else f for f in freqs)
 
 
+def has_qwen_attention(transformer) -> bool:
+    """Whether every attention processor of `transformer` is diffusers' stock Qwen double-stream one."""
+    processors = transformer.attn_processors if hasattr(transformer, "attn_processors") else {}
+    return bool(processors) and all(isinstance(p, QwenDoubleStreamAttnProcessor2_0) for p in processors.values())
+
+
 def use_real_rope(transformer, fa3: bool = False) -> bool:
     """Swap every stock Qwen double-stream processor in `transformer` for RealRopeAttnProcessor
     (with FlashAttention-3 for unmasked attention if `fa3`); False (and nothing changed) for any
     other model."""
-    processors = transformer.attn_processors if hasattr(transformer, "attn_processors") else {}
-    if not processors or not all(isinstance(p, QwenDoubleStreamAttnProcessor2_0) for p in processors.values()):
+    if not has_qwen_attention(transformer):
         return False
     transformer.set_attn_processor(RealRopeAttnProcessor(fa3))
     transformer.pos_embed.register_forward_hook(_real_freqs)
