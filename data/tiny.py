@@ -15,6 +15,7 @@ They load through `from_pretrained(path)`, exactly like a hub model.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import shutil
@@ -309,14 +310,19 @@ def ensure(name: str, root: Path = DEFAULT_DIR) -> Path:
     if stamp.exists() and stamp.read_text() == key:
         return out
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        BUILDERS[name](tmp)
-        (tmp / ".genscore-tiny").write_text(key)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)  # atomic: a reader never sees a half-built model
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # One builder at a time (parallel test workers, two demos): the others wait, then find it built.
+    with open(root / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == key:
+            return out
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            BUILDERS[name](tmp)
+            (tmp / ".genscore-tiny").write_text(key)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)  # atomic: a reader never sees a half-built model
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -1,8 +1,11 @@
 """The tiny offline models: deterministic builds, Qwen-shaped tokenization, real loaders."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 from data import tiny
+from helpers import ROOT
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -26,6 +29,18 @@ def test_cached_build_is_reused_and_rebuilt_when_stale(tmp_path):
     (path / ".genscore-tiny").write_text("an older builder")
     tiny.ensure("qwen3vl", tmp_path)
     assert weights.stat().st_mtime_ns != mtime  # stale stamp: rebuilt
+
+
+def test_builds_started_together_build_once(tmp_path):
+    """Two processes (parallel test workers, two demos) asking for the same model at once: one builds,
+    the other waits and takes that build, so neither can see the folder swapped under it."""
+    code = ("import sys; from data import tiny; "
+            "print((tiny.ensure('qwen3vl', sys.argv[1]) / 'model.safetensors').stat().st_ino)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT) for _ in range(2)]
+    inodes = [proc.communicate(timeout=300)[0].strip() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert inodes[0] == inodes[1] == str((tmp_path / "qwen3vl" / "model.safetensors").stat().st_ino)
 
 
 def test_system_prompts_tokenize_like_qwen(tmp_path):
