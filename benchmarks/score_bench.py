@@ -24,9 +24,10 @@ Each mode also reports gpu_busy: the mean of nvidia-smi's utilization.gpu (share
 was running) sampled every 200 ms over the measured span, for the busiest GPU (gpu_busy_each: every
 GPU); near 100 means the GPU is the limit. cpu_cores_busy: how many of the host's cores were busy
 on average over the span (from /proc/stat), to tell a CPU-bound front-end from a full host.
-Start-up: ours reports `startup` (the set-up, worker spawn and imports until vLLM's first log line;
-vLLM's own timed steps; the first request; the teardown after the last row); raw reports its
-`LLM(...)` time and, apart, `python_and_import_s` (a fresh `python -c "import vllm"`), which a
+Start-up: ours reports `startup` (the parent's set-up, the worker's process start, vLLM's import,
+`LLM(...)`, the rest of the load, the wait for the first request, the teardown after the last row,
+and vLLM's own timed steps); raw reports its `LLM(...)` time and, apart, `python_and_import_s` (a
+fresh `python -c "from vllm import LLM"`: `import vllm` alone defers the LLM class's imports), which a
 user's script also pays.
 Prints one JSON line of figures. Needs a GPU (or --device cpu with a tiny --model for a smoke run).
 """
@@ -44,6 +45,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -216,25 +218,32 @@ def run_ours(model: str, manifest: Path, out: Path, args, monitor: Monitor, **ov
 
 STEP = re.compile(r"(took|takes|finished in|loaded in) [\d.]+ ?(s|secs|seconds)\b", re.I)
 STAMP = re.compile(r"(INFO|WARNING) (\d\d-\d\d \d\d:\d\d:\d\d) \[[^]]*\] (.*)")
+READY = re.compile(r"^(\S+) genscore: worker \d+ .*process up in ([\d.]+) s, stage loaded in ([\d.]+) s", re.M)
+LOADED = re.compile(r"genscore: vLLM imported in ([\d.]+) s, engine up in ([\d.]+) s")
 
 
 def startup_phases(log: Path, start: float, first: float, last: float, end: float) -> dict:
-    """Where a replica's time outside the scoring span goes, from the first replica's log (vLLM's
-    lines carry whole-second local timestamps) and the rows' own timestamps:
-    - to_engine_s: the run's set-up, the worker process's spawn and imports, until vLLM's first line;
-    - engine_s: from there to the first request (vLLM's own timed steps listed in `vllm_steps`);
+    """Where a replica's time outside the scoring span goes, from the first replica's log (our
+    worker's own timed lines, and vLLM's timed steps) and the rows' own timestamps:
+    - setup_s: the parent, from the run's start to the worker's spawn (config, samples, checks);
+    - process_s: the worker's interpreter start and the imports its stage needs to unpickle;
+    - vllm_import_s, engine_s: `from vllm import LLM`, then `LLM(...)` and its tokenizer;
+    - load_rest_s: the rest of the stage's load;
+    - to_first_request_s: from the worker's ready to the first sample taken (the parent's dispatch);
     - teardown_s: from the last row to the end of the run (engine shutdown, sealing, summary)."""
-    year = time.localtime(start).tm_year
-    stamps, steps = [], []
-    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
-        if match := STAMP.search(line):
-            stamps.append(time.mktime(time.strptime(f"{year}-{match[2]}", "%Y-%m-%d %H:%M:%S")))
-            if STEP.search(match[3]):
-                steps.append(f"+{stamps[-1] - start:.0f}s {match[3][:140]}")
-    engine_at = stamps[0] if stamps else None
-    return {"to_engine_s": round(engine_at - start, 1) if engine_at else None,
-            "engine_s": round(first - engine_at, 1) if engine_at else None,
-            "first_request_s": round(first - start, 1), "teardown_s": round(end - last, 1), "vllm_steps": steps}
+    text = log.read_text(errors="replace") if log.exists() else ""
+    steps = [f"{m[2]} {m[3][:140]}" for m in STAMP.finditer(text) if STEP.search(m[3])]
+    phases: dict = {"first_request_s": round(first - start, 1), "teardown_s": round(end - last, 1), "vllm_steps": steps}
+    ready, loaded = READY.search(text), LOADED.search(text)
+    if ready:
+        ready_at = datetime.fromisoformat(ready[1]).timestamp()
+        process, load = float(ready[2]), float(ready[3])
+        phases.update(setup_s=round(ready_at - load - process - start, 1), process_s=process,
+                      to_first_request_s=round(first - ready_at, 1))
+        if loaded:
+            phases.update(vllm_import_s=float(loaded[1]), engine_s=float(loaded[2]),
+                          load_rest_s=round(load - float(loaded[1]) - float(loaded[2]), 1))
+    return phases
 
 
 def raw_engine(model: str, manifest: Path, args, as_users_run_it: bool = False):
@@ -357,9 +366,9 @@ def run_modes(modes: list[str], model: str, manifest: Path, work: Path, args, mo
         result["ours"] = run_ours(model, manifest, work / "ours", args, monitor, **overrides)
     if "raw" in modes:
         result["raw_vllm"] = run_raw(model, manifest, args, monitor)
-        # a user's script also starts Python and imports vLLM before LLM(...): timed apart, warm
+        # a user's script also starts Python and imports vLLM's LLM before LLM(...): timed apart, warm
         started = time.time()
-        subprocess.run([sys.executable, "-c", "import vllm"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", "from vllm import LLM"], check=True, capture_output=True)
         result["raw_vllm"]["python_and_import_s"] = round(time.time() - started, 1)
     if "raw1" in modes:  # last among the raw modes: it sets this process's OpenMP threads to 1
         result["raw_vllm_omp1"] = run_raw(model, manifest, args, monitor, omp_threads=1)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from multiprocessing.connection import Connection, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from data.manifest import ManifestWriter
@@ -132,7 +133,9 @@ def _file_lock(path: str):
 
 
 def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: Stage, output: Output,
-                 inbox: Any, outbox: Connection, load_lock: str | None, log_path: str | None) -> None:
+                 inbox: Any, outbox: Connection, load_lock: str | None, log_path: str | None,
+                 spawned_at: float) -> None:
+    up = time.time()  # the interpreter has started and imported the stage's modules (to unpickle it)
     _own_process_group()
     os.environ.update(env)
     if log_path:
@@ -145,6 +148,10 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
         outbox.send(("fatal", wid, one_line(f"{type(exc).__name__}: {exc}"), log_path or "the output above"))
         return
     writer = ManifestWriter(output.folder, output.schema, tag=f"worker{slot}")
+    # Where a start went, in the worker's log (benchmarks/score_bench.py reads it back).
+    now = datetime.now()
+    print(f"{now.isoformat(timespec='milliseconds')} genscore: worker {slot} ({device}): process up in "
+          f"{up - spawned_at:.1f} s, stage loaded in {now.timestamp() - up:.1f} s", file=sys.stderr, flush=True)
     outbox.send(("ready", wid))
     for row in stage.process(QueueFeed(wid, inbox, outbox.send, stage.prefetch)):
         row.update(device=device, worker=slot)
@@ -247,7 +254,7 @@ class LocalExecutor:
         process = self._ctx.Process(
             target=_worker_main, name=f"genscore-worker-{wid}", daemon=False,
             args=(wid, slot, self.devices[slot], self._envs[slot], self._stage, self._output, inbox, send,
-                  self._lock, log_path),
+                  self._lock, log_path, time.time()),
         )
         process.start()
         send.close()  # the child holds the write end; EOF then means it is gone

@@ -14,7 +14,9 @@ import contextlib
 import json
 import os
 import queue
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,7 +60,7 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
         limit_mm_per_prompt={"image": 2, "video": 0}, mm_processor_cache_gb=config.mm_processor_cache_gb,
         mm_processor_kwargs=processor_kwargs(config, model),
         # guidance with no free whitespace: even a random tiny model then emits valid JSON.
-        structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
+        structured_outputs_config={"backend": config.structured_backend, "disable_any_whitespace": True},
         # "auto" would fall back to pickled .bin/.pt weights; we load safetensors only.
         load_format="safetensors" if config.load_format == "auto" else config.load_format,
         **({"gpu_memory_utilization": config.gpu_memory_utilization} if device == "cuda" else {}),
@@ -82,12 +84,16 @@ class VLLMStage(ScoreStage):
         if device == "cpu":
             set_cpu_engine(config)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress, not vLLM's INFO stream
+        started = time.time()
         from vllm import LLM
 
+        imported = time.time()
         tp = max(1, len([d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])) if device == "cuda" else 1
         self.llm = LLM(**engine_args(config, device, tp))
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
+        print(f"genscore: vLLM imported in {imported - started:.1f} s, engine up in {time.time() - imported:.1f} s",
+              file=sys.stderr, flush=True)
         self.window = config.window or 2 * (max_num_seqs(config, device) or 512)
         self.prefetch = self.window
         self.threads = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="decode")
