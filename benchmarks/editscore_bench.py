@@ -15,6 +15,11 @@ edited one), 1 pass.
              max_num_batched_tokens 8192): what its settings cost.
 - ours:      `score.run --task edit --protocol editscore` over a JSONL of the same pairs (images read
              from disk, rows written as they finish).
+- ours_free: the same questions word for word as a custom template without a schema (free text, as
+             EditScore decodes), every answer exactly 512 tokens (--ignore-eos), temperature 0.7: the
+             same tokens per pair as EditScore's runs, so its output tokens/s compares with theirs
+             directly and, against `ours`, shows what the schema-bound decoding costs.
+- ours_xgrammar: `ours` with `--structured-backend xgrammar` instead of guidance.
 Random weights answer at random: EditScore's free text runs to its 512-token limit, while ours stops
 where the JSON answer (schema-bound reasoning, capped) closes. So each mode reports output tokens per
 pair beside images/s, and output tokens/s, which does not depend on answer length.
@@ -85,14 +90,15 @@ def run_editscore(model: str, pairs: Path, monitor: Monitor, engine: dict | None
             "output_tokens_per_s": tokens / elapsed, "startup_s": startup, **monitor.span(t0, t0 + elapsed)}
 
 
-def run_ours(model: str, pairs: Path, out: Path, monitor: Monitor, device: str) -> dict:
+def run_ours(model: str, pairs: Path, out: Path, monitor: Monitor, device: str, **overrides) -> dict:
     import pandas as pd
 
     from score.config import ScoreConfig
     from score.run import run
 
-    config = ScoreConfig(task="edit", protocol="editscore", model=model, input=str(pairs), output_dir=str(out),
-                         load_format="dummy", devices=device, progress="none")
+    config = ScoreConfig(**{**dict(task="edit", protocol="editscore", model=model, input=str(pairs),
+                                   output_dir=str(out), load_format="dummy", devices=device, progress="none"),
+                            **overrides})
     start = time.time()
     code = run(config)
     wall = time.time() - start
@@ -102,6 +108,23 @@ def run_ours(model: str, pairs: Path, out: Path, monitor: Monitor, device: str) 
     return {"exit": code, "ok": int((frame["status"] == "ok").sum()), "images_per_s": len(frame) / (last - first),
             "output_tokens_per_pair": tokens / len(frame), "output_tokens_per_s": tokens / (last - first),
             "startup_s": wall - (last - first), **monitor.span(first, last)}
+
+
+def free_template(folder: Path) -> Path:
+    """EditScore's two questions, word for word, as a custom template with no schema: free text, as
+    EditScore itself decodes (for `ours_free`)."""
+    import yaml
+
+    from score.templates import editscore_edit
+
+    def text(question) -> str:
+        return question.text.replace("{", "{{").replace("}", "}}").replace(question.placeholder, "{prompt}")
+
+    spec = {"name": "editscore-free", "version": 1, "system": None,
+            "questions": [{"name": q.name, "text": text(q), "images": list(q.images)} for q in editscore_edit().questions]}
+    path = folder / "editscore_free.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 def main() -> None:
@@ -121,13 +144,20 @@ def main() -> None:
         build_model_dir(Path.home() / ".cache" / "genscore-bench" / f"qwen3-vl-{args.shape}-shape", shape=args.shape))
     pairs = write_pairs(work / "images", args.pairs, args.size)
     result: dict = {"workload": f"EditScore protocol, {args.pairs} pairs of {args.size}px images, 1 pass",
-                    "model": f"qwen3-vl-{args.shape} shape, dummy weights"}
+                    "model": args.model or f"qwen3-vl-{args.shape} shape, dummy weights"}
     modes = args.modes.split(",")
     monitor = Monitor()
     try:
         for mode in modes:  # a line per mode as it ends: a run cut short still reports what it measured
             if mode == "ours":
                 result["ours"] = run_ours(model, pairs, work / "ours", monitor, args.device)
+            elif mode == "ours_free":
+                result["ours_free"] = run_ours(model, pairs, work / "ours_free", monitor, args.device,
+                                               task="custom", template_file=str(free_template(work)),
+                                               ignore_eos=True, max_tokens=512, temperature=0.7)
+            elif mode == "ours_xgrammar":
+                result["ours_xgrammar"] = run_ours(model, pairs, work / "ours_xg", monitor, args.device,
+                                                   structured_backend="xgrammar")
             elif mode == "editscore":
                 result["editscore"] = run_editscore(model, pairs, monitor)
             elif mode == "matched":

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from score.config import ScoreConfig
@@ -30,9 +31,10 @@ def _score(config: ScoreConfig, items: list[dict]) -> list[dict]:
         stage.close()
 
 
-def test_vllm_answers_follow_the_schema(tiny_models, tmp_path):
+@pytest.mark.parametrize("backend", ["guidance", "xgrammar"])
+def test_vllm_answers_follow_the_schema(tiny_models, tmp_path, backend):
     config = ScoreConfig(model=str(tiny_models["qwen3vl"]), max_model_len=2048, max_num_seqs=4,
-                         max_tokens=256, enforce_eager=True, window=3)
+                         max_tokens=256, enforce_eager=True, window=3, structured_backend=backend)
     rows = _score(config, _shapes(tmp_path, 6, task="t2i", prompt="a shape"))
     assert sorted(r["key"] for r in rows) == [f"k{i}" for i in range(6)]
     for row in rows:
