@@ -10,8 +10,9 @@ demo: setup
 	$(PY) -m gen.run
 	$(PY) -m score.run
 
+# Two test workers or more (one per core, at most 4): most tests wait on one process's imports.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4
 
 clean:
 	rm -rf runs .cache

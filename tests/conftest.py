@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,12 @@ from helpers import shape_image, write_jsonl
 
 def pytest_addoption(parser):
     parser.addoption("--rounds", type=int, default=2, help="rounds of random kills in tests/test_soak.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `long` start first: under `pytest -n N` (make test) no worker is then left
+    running one of them alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
@@ -54,14 +63,23 @@ def edit_pairs(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def scored_run(tmp_path_factory, tiny_models) -> Path:
-    """A small demo-like run: 9 prompts in 3 categories generated and scored with the tiny models."""
+    """A small demo-like run: 9 prompts in 3 categories generated and scored with the tiny models.
+    Built once per test session: under pytest-xdist its workers share it (the first one builds it,
+    under a lock; the others wait and read it)."""
     from helpers import TINY_GEN, TINY_SCORE, run_cli
 
-    root = tmp_path_factory.mktemp("scored")
-    categories = ["shapes", "objects", "scenes"]
-    src = write_jsonl(root / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"a {c} number {i}", "category": c}
-                                               for i, c in enumerate(categories * 3)])
-    run = root / "run"
-    run_cli("gen.run", "--input", str(src), "--output-dir", str(run), *TINY_GEN, "--devices", "cpu")
-    run_cli("score.run", "--input", str(run), *TINY_SCORE)
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "scored"
+    run, ready = root / "run", root / "ready"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.exists():
+            categories = ["shapes", "objects", "scenes"]
+            src = write_jsonl(root / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"a {c} number {i}", "category": c}
+                                                       for i, c in enumerate(categories * 3)])
+            shutil.rmtree(run, ignore_errors=True)  # a build that failed in another worker
+            run_cli("gen.run", "--input", str(src), "--output-dir", str(run), *TINY_GEN, "--devices", "cpu")
+            run_cli("score.run", "--input", str(run), *TINY_SCORE)
+            ready.touch()
     return run

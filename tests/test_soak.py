@@ -9,6 +9,7 @@ import random
 import signal
 
 import psutil
+import pytest
 from PIL import Image
 
 from helpers import ENGINE_PROCESSES, final_rows, kill_run, rows, rows_on_disk, run_cli, start_cli, wait_until, write_jsonl
@@ -62,6 +63,7 @@ def assert_whole(manifest, n: int) -> None:
     assert not [p for p in manifest.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.long
 def test_random_kills_lose_and_duplicate_nothing(tmp_path, tiny_models, request):
     rounds = request.config.getoption("--rounds")
     rng = random.Random(rounds)

@@ -2,12 +2,15 @@
 against the local engine (the session's shared scored run, same inputs and settings): the same
 rows, and for generation the same image bytes."""
 
+import pytest
+
 from helpers import TINY_GEN, TINY_SCORE, rows, run_cli
 
 GEN_COLUMNS = ["key", "sample_id", "index", "category", "prompt", "status", "image_path", "seed", "steps", "attempt"]
 SCORE_COLUMNS = ["key", "sample_id", "index", "category", "status", "image_path", "template", "prompt_tokens"]
 
 
+@pytest.mark.long
 def test_ray_engine_gives_the_local_engines_rows_and_images(tmp_path, scored_run):
     out = tmp_path / "ray"
     ray_flags = ["--engine", "ray", "--ray-address", "local"]

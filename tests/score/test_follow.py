@@ -4,6 +4,8 @@ SIGKILL of either side. Real gen and score processes, the tiny models, the real 
 import re
 from pathlib import Path
 
+import pytest
+
 from data.manifest import ManifestReader, latest_of
 from data.rundir import is_complete
 from helpers import final_rows, kill_run, pause_run, rows, rows_on_disk, start_cli, wait_until
@@ -31,6 +33,7 @@ def assert_one_score_per_gen_row(run: Path, n: int) -> None:
     assert not [p for p in (run / "scores" / "manifest").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.long
 def test_follow_scores_a_run_as_it_is_generated_and_survives_sigkill_of_either_side(prompts16, tmp_path,
                                                                                     tiny_models):
     run = tmp_path / "run"
