@@ -67,7 +67,8 @@ class ScoreConfig:
                                         "vLLM's CUDA-graph batch sizes; on CPU: vLLM's)")
     gpu_memory_utilization: float = _f(0.9, "vLLM share of GPU memory")
     structured_backend: Literal["guidance", "xgrammar"] = _f(
-        "guidance", "vLLM's engine for schema-bound answers (both enforce the same JSON schema)")
+        "guidance", "vLLM's engine for schema-bound answers (both enforce the same JSON schema; part of the "
+                    "run's identity, since their token masks may differ)")
     enforce_eager: bool | None = _f(None, "skip CUDA graphs / torch.compile (faster start, slower run); default: "
                                           "on CPU, where vLLM compiles afresh at every start, off on GPUs")
     max_tokens: int = _f(512, "output tokens per answer (the editscore protocol uses its own 512)")
@@ -105,7 +106,7 @@ class ScoreConfig:
 RUNTIME_FIELDS = {
     "output_dir", "gen_config", "gen_devices", "follow", "follow_timeout_s", "num_samples", "offset", "backend", "replicas", "tp", "gpus", "devices",
     "replicas_per_gpu",
-    "max_model_len", "max_num_seqs", "gpu_memory_utilization", "structured_backend", "enforce_eager", "window",
+    "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
     "preprocess_threads", "mm_processor_cache_gb", "batch_size", "kv_cache_gb", "print_samples", "write_txt",
     "retry_failed", "force", "print_prompts", "fail_on_error", "max_retries", "progress", "engine", "ray_address", "verbose", "categories",
 }
