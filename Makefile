@@ -10,7 +10,7 @@ demo: setup
 	$(PY) -m gen.run
 	$(PY) -m score.run
 
-# Two test workers or more (one per core, at most 4): most tests wait on one process's imports.
+# Test workers, one per core (at most 4): most tests spend their time in one process's imports.
 test: setup
 	$(PY) -m pytest -n auto --maxprocesses 4
 

@@ -59,7 +59,7 @@ def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
         **({"quantization": "fp8"} if config.quantize == "fp8" else {}),
         limit_mm_per_prompt={"image": 2, "video": 0}, mm_processor_cache_gb=config.mm_processor_cache_gb,
         mm_processor_kwargs=processor_kwargs(config, model),
-        # guidance with no free whitespace: even a random tiny model then emits valid JSON.
+        # no free whitespace in the JSON: even a random tiny model then emits valid JSON.
         structured_outputs_config={"backend": config.structured_backend, "disable_any_whitespace": True},
         # "auto" would fall back to pickled .bin/.pt weights; we load safetensors only.
         load_format="safetensors" if config.load_format == "auto" else config.load_format,
