@@ -72,6 +72,9 @@ _SCORE = [
     ("prompt_tokens", pa.int64()),
     ("output_tokens", pa.int64()),
     ("asks", pa.int32()),            # times the questions were asked (protocols re-ask unparseable answers)
+    ("decoding", pa.string()),       # "free" (read by the protocol's parser) | "schema" (grammar-forced JSON)
+    ("max_pixels", pa.int64()),      # the most pixels an image kept on its way to the judge
+    ("upstream_guess", pa.bool_()),  # a failed row where the protocol's reference would have invented a score
 ]
 
 GEN_SCHEMA = pa.schema(_COMMON + _GEN)

@@ -5,7 +5,14 @@ No hub is reachable in tests, CI or on the GPU machine, so the project builds it
 - `edit/`:    a QwenImageEditPipeline (Qwen-Image-Edit shape),
 - `qwen3vl/`: a Qwen3VLForConditionalGeneration with its processor (the judge / captioner),
 - `qwen25vl/`: a Qwen2_5_VLForConditionalGeneration with its processor (a second judge architecture),
-- `lora/`:    a LoRA for the `t2i` pipeline's transformer (diffusers' `load_lora_weights` format).
+- `qwen3vl-scripted/`: the tiny Qwen3-VL with weights set so that it always answers `SCRIPTED_ANSWER`
+  (free text as a real judge writes it: prose, a code fence, a float score), whatever it is shown,
+- `lora/`:    a LoRA for the `t2i` pipeline's transformer (diffusers' `load_lora_weights` format);
+- `qwen3vl-lora/`: a LoRA (PEFT format, safetensors) on the `qwen3vl` judge's attention projections;
+- `qwen3vl-real/`, `qwen25vl-real/`: tiny random weights behind the real judges' own tokenizer, chat
+  template and image processor files (Qwen3-VL-8B-Instruct; the Qwen2.5-VL family of GEdit-Bench's
+  Qwen2.5-VL-72B-Instruct-AWQ), copied from `../shared/reference/model-configs` (`GENSCORE_MODEL_CONFIGS`),
+  so prompts render and images tokenize as the real checkpoints do. Only where that folder exists.
 
 Every builder is seeded, so two builds give identical files. A build is cached under a key
 made from this file's source and the library versions: editing this file rebuilds.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -24,8 +32,16 @@ from pathlib import Path
 
 from data.rundir import file_lock
 
-DEFAULT_DIR = Path(os.environ.get("GENSCORE_TINY_DIR", Path(__file__).resolve().parent.parent / ".cache" / "tiny"))
-MODELS = ("t2i", "edit", "qwen3vl", "qwen25vl", "lora")
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DIR = Path(os.environ.get("GENSCORE_TINY_DIR", ROOT / ".cache" / "tiny"))
+MODEL_CONFIGS = Path(os.environ.get("GENSCORE_MODEL_CONFIGS", ROOT.parent / "shared" / "reference" / "model-configs"))
+REAL_CONFIGS = {"qwen3vl-real": "Qwen3-VL-8B-Instruct", "qwen25vl-real": "Qwen2.5-VL-72B-Instruct-AWQ"}
+MODELS = ("t2i", "edit", "qwen3vl", "qwen25vl", "lora", "qwen3vl-scripted", "qwen3vl-lora")
+
+# What the scripted judge writes to every question: the shape real judges give free-decoded (prose
+# around a fenced object, a float score, non-ASCII reasoning), which only a tolerant parser reads.
+SCRIPTED_ANSWER = ('Here is my evaluation:\n```json\n{\n"score" : [7.5, 8],\n"reasoning" : "天空变成了橙色 '
+                   '(the sky is an orange sunset now); the rest is kept."\n}\n```\nI hope this helps.')
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -132,10 +148,43 @@ def vision_token_ids(ids: dict[str, int]) -> dict[str, int]:
 
 def build_qwen3vl(out: Path) -> None:
     """Tiny Qwen3-VL (~0.8 M params) with processor; vLLM CPU and transformers both run it."""
+    tok = build_tokenizer(out)
+    _tiny_qwen3vl(tok).save_pretrained(out)
+    save_qwen3vl_processor(out, tok, min_pixels=32 * 32, max_pixels=256 * 256)
+
+
+def build_qwen3vl_scripted(out: Path) -> None:
+    """The tiny Qwen3-VL answering SCRIPTED_ANSWER to anything. The answer is one added token; every
+    other token embeds to one direction and the answer token to another; attention and MLP outputs are
+    zero, so the last hidden state is the last token's embedding; the head maps the common direction to
+    the answer token and the answer's to end-of-turn. Greedy or sampled at 0.7, the answer is the same."""
+    import torch
+    from tokenizers import AddedToken
+
+    tok = build_tokenizer(out)
+    tok.add_tokens([AddedToken(SCRIPTED_ANSWER, special=False, normalized=False)])
+    tok.save_pretrained(out)
+    model = _tiny_qwen3vl(tok)
+    answer, end = tok.convert_tokens_to_ids(SCRIPTED_ANSWER), token_ids(tok)["eos_token_id"]
+    text = model.model.language_model
+    with torch.no_grad():
+        text.embed_tokens.weight.zero_()
+        text.embed_tokens.weight[:, 0] = 1.0
+        text.embed_tokens.weight[answer] = torch.nn.functional.one_hot(torch.tensor(1), 64).float()
+        for layer in text.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[answer, 0] = 10.0
+        model.lm_head.weight[end, 1] = 10.0
+    model.save_pretrained(out)
+    save_qwen3vl_processor(out, tok, min_pixels=32 * 32, max_pixels=256 * 256)
+
+
+def _tiny_qwen3vl(tok):
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    tok = build_tokenizer(out)
     ids = token_ids(tok)
     text = dict(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -159,8 +208,7 @@ def build_qwen3vl(out: Path) -> None:
     model = Qwen3VLForConditionalGeneration(config).to(torch.float32)
     model.generation_config.eos_token_id = ids["eos_token_id"]
     model.generation_config.pad_token_id = ids["pad_token_id"]
-    model.save_pretrained(out)
-    save_qwen3vl_processor(out, tok, min_pixels=32 * 32, max_pixels=256 * 256)
+    return model
 
 
 def save_qwen3vl_processor(out: Path, tok, min_pixels: int, max_pixels: int) -> None:
@@ -211,6 +259,60 @@ def build_qwen25vl(out: Path) -> None:
                                             size={"shortest_edge": 28 * 28, "longest_edge": 224 * 224})
     Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
                         chat_template=CHAT_TEMPLATE).save_pretrained(out)
+
+
+def build_real_judge(out: Path, name: str) -> None:
+    """A tiny judge (hidden 64, 2 layers, tied embeddings over the real 151k vocabulary) whose tokenizer,
+    chat template and processor files are the real judge's, byte for byte."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig, \
+        Qwen3VLForConditionalGeneration
+
+    src = MODEL_CONFIGS / REAL_CONFIGS[name]
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not here: the real judges' files come from ../shared/reference")
+    tok = AutoTokenizer.from_pretrained(src)
+    ids = {**token_ids(tok), "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>")}
+    text = dict(vocab_size=151936 if name == "qwen3vl-real" else 152064, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32768,
+                eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"], tie_word_embeddings=True)
+    vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=64)
+    torch.manual_seed(7)
+    if name == "qwen3vl-real":
+        text.update(head_dim=32, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0,
+                                                  "mrope_section": [6, 5, 5], "mrope_interleaved": True})
+        vision.update(patch_size=16, num_position_embeddings=2304, deepstack_visual_indexes=[0, 1])
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **vision_token_ids(ids))
+        model = Qwen3VLForConditionalGeneration(config)
+    else:
+        text.update(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]})
+        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[1])
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
+                                  **vision_token_ids(ids))
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    config.eos_token_id, config.pad_token_id = ids["eos_token_id"], ids["pad_token_id"]
+    model.to(torch.float32).save_pretrained(out)
+    for path in src.iterdir():  # the real files, over anything save_pretrained wrote
+        if path.name != "config.json":
+            shutil.copyfile(path, out / path.name)
+
+
+def build_judge_lora(out: Path) -> None:
+    """A rank-8 LoRA on the tiny judge's language-model attention, random in both factors, saved as PEFT
+    saves a judge LoRA (adapter_config.json + adapter_model.safetensors), as EditScore releases its judges."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3VLForConditionalGeneration
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(ensure("qwen3vl", out.parent))
+    torch.manual_seed(8)
+    config = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,
+                        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)")
+    get_peft_model(model, config).save_pretrained(out, safe_serialization=True)
+    adapter = json.loads((out / "adapter_config.json").read_text())  # not this machine's path: builds are identical
+    (out / "adapter_config.json").write_text(json.dumps({**adapter, "base_model_name_or_path": "tiny:qwen3vl"}, indent=2))
+    (out / "README.md").unlink(missing_ok=True)
 
 
 def build_lora(out: Path) -> None:
@@ -297,13 +399,14 @@ def build_edit(out: Path) -> None:
 
 
 BUILDERS = {"t2i": build_t2i, "edit": build_edit, "qwen3vl": build_qwen3vl, "qwen25vl": build_qwen25vl,
-            "lora": build_lora}
+            "lora": build_lora, "qwen3vl-scripted": build_qwen3vl_scripted, "qwen3vl-lora": build_judge_lora,
+            **{name: (lambda out, name=name: build_real_judge(out, name)) for name in REAL_CONFIGS}}
 
 
 def ensure(name: str, root: Path = DEFAULT_DIR) -> Path:
     """Path of tiny model `name`, building it when missing or when the builder changed."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(MODELS)}")
+        raise ValueError(f"unknown tiny model {name!r}; choose from {', '.join(BUILDERS)}")
     root = Path(root)
     out = root / name
     stamp = out / ".genscore-tiny"

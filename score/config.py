@@ -32,6 +32,14 @@ class ScoreConfig:
     reduction: Literal["average_last", "average_first"] = _f(
         "average_last", "editscore: overall = mean of the passes' overall scores (average_last), or from the "
                         "averaged prompt-following and quality scores (average_first)")
+    decoding: Literal["auto", "free", "schema"] = _f(
+        "auto", "how answers are decoded: free = the judge writes free text, read by the protocol's reference parser "
+                "(VIEScore's mllm_output_to_dict, EditScore's json_repair parser), as published; schema = forced into "
+                "the question's JSON schema by vLLM's grammar engine (our own templates; tiny random judges). auto: "
+                "free for viescore and editscore, schema otherwise and for the tiny random judges tiny:qwen3vl / "
+                "tiny:qwen25vl")
+    judge_lora: str | None = _f(None, "a LoRA adapter of the judge (folder or hub id, safetensors), served through "
+                                      "vLLM's LoRA support, e.g. EditScore's released judges")
     template_file: str | None = _f(None, "custom template YAML (task custom)")
     prompt: str | None = _f(None, "caption instruction (task caption)")
     id_column: str | None = _f(None, "column with the sample id")
@@ -52,15 +60,20 @@ class ScoreConfig:
                                   "is the limit; they split --gpu-memory-utilization")
     gpus: list[int] | None = _f(None, "GPU ids to use (default: every visible GPU)")
     devices: str | None = _f(None, "comma-separated replica devices, e.g. cpu,cpu or cuda:0+1,cuda:2+3")
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f("auto", "weights dtype; auto = bf16 on GPU, fp32 on CPU")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f(
+        "auto", "weights dtype; auto = the checkpoint's own (its config's torch_dtype: fp16 for "
+                "Qwen2.5-VL-72B-Instruct-AWQ, bf16 for Qwen3-VL), else bf16 on GPU and fp32 on CPU")
     quantize: Literal["none", "fp8"] = _f(
         "none", "fp8 = vLLM's dynamic float8 weights and activations for the judge's linear layers (lossy: "
                 "answers may change; GPUs of compute capability 8.9+, e.g. H100). Default none")
-    max_pixels: int = _f(1024 * 1024, "image pixel cap: larger images are downscaled before the processor")
-    min_pixels: int = _f(32 * 32, "smallest image size in pixels (smaller ones are upscaled)")
+    max_pixels: int | None = _f(None, "largest image in pixels the judge sees (larger ones are downscaled first). "
+                                      "Default: the protocol's own (viescore, editscore: qwen-vl-utils' 12,845,056 "
+                                      "at sides of multiples of 28, then the judge's processor's own range), else 1 MP")
+    min_pixels: int | None = _f(None, "smallest image in pixels (smaller ones are upscaled). Default: the protocol's "
+                                      "own (3,136 for viescore and editscore), else 1,024")
     mm_processor_kwargs: str | None = _f(
-        None, "JSON passed to the model's HF processor; default: Qwen-VL processors get the pixel range as "
-              "`size`, others none (images are capped to --max-pixels before the processor either way)")
+        None, "JSON passed to the model's HF processor; default: its own settings for the protocols; Qwen-VL "
+              "processors get --min/--max-pixels as `size` when those are given, or for other templates")
     max_model_len: int | None = _f(None, "vLLM context length (default: the judge's own limit, at most 8192; a "
                                          "larger value is lowered to the judge's limit)")
     max_num_seqs: int | None = _f(None, "vLLM concurrent sequences per replica (default on GPUs: 256, within "
@@ -71,11 +84,13 @@ class ScoreConfig:
                     "run's identity, since their token masks may differ)")
     enforce_eager: bool | None = _f(None, "skip CUDA graphs / torch.compile (faster start, slower run); default: "
                                           "on CPU, where vLLM compiles afresh at every start, off on GPUs")
-    max_tokens: int = _f(512, "output tokens per answer (the editscore protocol uses its own 512)")
+    max_tokens: int | None = _f(None, "output tokens per answer (default: the protocol's own: 512 for viescore and "
+                                      "editscore on judges we load, 1400 for viescore's GPT judges; 512 otherwise)")
     max_reasoning_chars: int | None = _f(
-        None, "cap on an answer's reasoning string, so that it closes within --max-tokens instead of being cut "
-              "off (default: max tokens - 32; 0 = no cap)")
-    temperature: float = _f(0.0, "sampling temperature (0 = greedy)")
+        None, "--decoding schema: cap on an answer's reasoning string, so that it closes within --max-tokens "
+              "instead of being cut off (default: max tokens - 32; 0 = no cap)")
+    temperature: float | None = _f(None, "sampling temperature (default: the protocol's own: 0, greedy, for viescore; "
+                                         "0.7 for editscore; the API's default for GPT judges)")
     window: int | None = _f(None, "samples in flight per replica (default: 2 x max_num_seqs, or 1024)")
     preprocess_threads: int = _f(8, "image decode and render threads per replica")
     mm_processor_cache_gb: float = _f(0, "vLLM's cache of processed images, GiB. 0 (default): the preprocess "

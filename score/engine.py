@@ -20,23 +20,19 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from data.models import DTYPES, resolve_model
+from data.models import resolve_model
 from pool.stage import Feed
 from score.config import ScoreConfig
-from score.judge import Judge, Prepared, Request
-from score.model_info import QWEN_VL_TYPES, model_type
+from score.judge import Judge, Prepared, Request, engine_dtype, processor_kwargs
 from score.stage import ScoreStage
 
 
-def processor_kwargs(config: ScoreConfig, model: str) -> dict:
-    """The HF processor's keyword arguments: the user's, or the pixel range for Qwen-VL processors
-    (`size`, not min/max_pixels: transformers drops those as call kwargs in 5.23). Other processors
-    take no pixel range of theirs; images reach them capped to --max-pixels already."""
-    if config.mm_processor_kwargs:
-        return json.loads(config.mm_processor_kwargs)
-    if model_type(model).startswith(QWEN_VL_TYPES):
-        return {"size": {"longest_edge": config.max_pixels, "shortest_edge": config.min_pixels}}
-    return {}
+def lora_rank(path: str) -> int:
+    """The rank vLLM must be ready for: the adapter's own `r` (adapter_config.json)."""
+    from score.model_info import _config
+
+    config = _config(path, "adapter_config.json") or {}
+    return int(config.get("r", 16))
 
 
 # vLLM's default max_num_seqs (1024 on an H100/H200) is above its largest CUDA-graph batch (512), so
@@ -49,16 +45,18 @@ def max_num_seqs(config: ScoreConfig, device: str) -> int | None:
     return config.max_num_seqs or (GPU_MAX_NUM_SEQS if device == "cuda" else None)
 
 
-def engine_args(config: ScoreConfig, device: str, tp: int) -> dict:
-    dtype = DTYPES.get(config.dtype, "auto") if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+def engine_args(config: ScoreConfig, device: str, tp: int, template) -> dict:
     model = resolve_model(config.model)
+    lora = resolve_model(config.judge_lora) if config.judge_lora else None
     return dict(
-        model=model, dtype=dtype, tensor_parallel_size=tp, max_model_len=config.max_model_len,
+        model=model, dtype=engine_dtype(config, model, device), tensor_parallel_size=tp,
+        max_model_len=config.max_model_len,
+        **({"enable_lora": True, "max_lora_rank": lora_rank(lora), "max_loras": 1} if lora else {}),
         **({"max_num_seqs": max_num_seqs(config, device)} if max_num_seqs(config, device) else {}),
         enforce_eager=device == "cpu" if config.enforce_eager is None else config.enforce_eager, seed=0,
         **({"quantization": "fp8"} if config.quantize == "fp8" else {}),
         limit_mm_per_prompt={"image": 2, "video": 0}, mm_processor_cache_gb=config.mm_processor_cache_gb,
-        mm_processor_kwargs=processor_kwargs(config, model),
+        mm_processor_kwargs=processor_kwargs(config, model, template),
         # no free whitespace in the JSON: even a random tiny model then emits valid JSON.
         structured_outputs_config={"backend": config.structured_backend, "disable_any_whitespace": True},
         # "auto" would fall back to pickled .bin/.pt weights; we load safetensors only.
@@ -89,9 +87,10 @@ class VLLMStage(ScoreStage):
 
         imported = time.time()
         tp = max(1, len([d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d])) if device == "cuda" else 1
-        self.llm = LLM(**engine_args(config, device, tp))
+        self.llm = LLM(**engine_args(config, device, tp, self.template))
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
+        self.lora = self._lora_request()
         print(f"genscore: vLLM imported in {imported - started:.1f} s, engine up in {time.time() - imported:.1f} s",
               file=sys.stderr, flush=True)
         self.window = config.window or 2 * (max_num_seqs(config, device) or 512)
@@ -109,17 +108,24 @@ class VLLMStage(ScoreStage):
         self.threads.shutdown(wait=False)
         self.engine.engine_core.shutdown()
 
+    def _lora_request(self):
+        """The judge's LoRA, sent with every request (vLLM applies it per request)."""
+        if not self.config.judge_lora:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest("judge", 1, resolve_model(self.config.judge_lora))
+
     def _params(self, judge: Judge, request: Request):
-        """The flags' sampling, or the protocol's own where it fixes one (EditScore samples)."""
+        """The protocol's sampling (with the flags set on top), its grammar under schema decoding."""
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         structured = StructuredOutputsParams(json=request.schema) if request.schema else None
         fixed = self.config.ignore_eos  # benchmarks: every answer exactly max_tokens long
-        sampling = {"temperature": self.config.temperature, **judge.template.sampling,
-                    "max_tokens": judge.max_tokens, "seed": request.seed}
+        sampling = {**judge.sampling(), "seed": request.seed}
         return SamplingParams(**sampling, structured_outputs=structured, ignore_eos=fixed,
-                              min_tokens=judge.max_tokens if fixed else 0)
+                              min_tokens=sampling["max_tokens"] if fixed else 0)
 
     def rows(self, feed: Feed) -> Iterator[dict]:
         running: dict[str, _Running] = {}  # engine request id -> the sample it belongs to
@@ -170,7 +176,8 @@ class VLLMStage(ScoreStage):
             rid += 1
             running[str(rid)] = state
             state.pending[str(rid)] = request.question
-            internal = self.engine.add_request(str(rid), engine_input, self._params(state.judge, request))
+            internal = self.engine.add_request(str(rid), engine_input, self._params(state.judge, request),
+                                               lora_request=self.lora)
             if isinstance(internal, str) and internal != str(rid):
                 alias[internal] = str(rid)  # some vLLM versions report the internal id
         return rid

@@ -3,6 +3,7 @@
 `export` writes what upstream `test_gedit_score.py` writes (stepfun-ai/Step1X-Edit, GEdit-Bench/):
 - `DIR/<model>/<backbone>/eval_results_new/<model>_<group>_gpt_score.csv` for each of the 11
   groups and `<model>_combined_gpt_score.csv`, with exactly upstream's columns (and spelling);
+  `<backbone>` is `gpt4o` or `qwen25vl`, the only two upstream `calculate_statistics.py` accepts;
 - the images at `DIR/<model>/fullset/<group>/<lang>/<key>.png` and `<key>_SRCIMG.png`.
 `statistics` computes what upstream `calculate_statistics.py` prints, per language: each group's
 mean SC, PQ and O (O = sqrt(SC x PQ) per sample), their average over the 11 group means (a macro
@@ -25,20 +26,44 @@ COLUMNS = ["source_image", "edited_image", "instruction", "sementics_score", "qu
 LANGUAGES = ("en", "cn")
 
 
+BACKBONES = ("gpt4o", "qwen25vl")  # upstream's --backbone choices ("gpt4o" runs GPT-4.1)
+
+
 class GEditError(ValueError):
     pass
 
 
-def gedit_rows(scores: pd.DataFrame) -> pd.DataFrame:
-    """The ok score rows with GEdit-Bench's fields: group, key, language, intersection."""
-    ok = scores[scores["status"] == "ok"]
+def truth(value) -> bool:
+    """`Intersection_exist` as the dataset means it, from whatever carried it: a bool (the hub dataset),
+    "True"/"False"/"1"/"0" (a CSV; `bool("False")` would be True), a number, or nothing (False)."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "1", "1.0", "yes"):
+            return True
+        if word in ("false", "0", "0.0", "no", ""):
+            return False
+        raise GEditError(f"--gedit: Intersection_exist {value!r} is neither true nor false")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return bool(value)
+
+
+def default_backbone(judge_model: str) -> str:
+    """gpt4o for GPT judges, qwen25vl otherwise: the folder upstream's statistics script reads."""
+    return "gpt4o" if "gpt" in str(judge_model).lower() else "qwen25vl"
+
+
+def gedit_rows(scores: pd.DataFrame, ok_only: bool = True) -> pd.DataFrame:
+    """The score rows (the ok ones by default) with GEdit-Bench's fields: group, key, language, intersection."""
+    ok = scores[scores["status"] == "ok"] if ok_only else scores
     extra = ok["extra"].map(lambda e: json.loads(e) if isinstance(e, str) else {})
     rows = pd.DataFrame({
         "group": ok["category"], "key": [x.get("key", s) for x, s in zip(extra, ok["sample_id"])],
         "instruction_language": extra.map(lambda x: x.get("instruction_language")),
-        "intersection_exist": extra.map(lambda x: bool(x.get("Intersection_exist", False))),
+        "intersection_exist": extra.map(lambda x: truth(x.get("Intersection_exist"))),
         "instruction": ok["prompt"], "sementics_score": ok["semantics"], "quality_score": ok["quality"],
-        "source": ok["source_image"], "edited": ok["image_path"],
+        "source": ok["source_image"], "edited": ok["image_path"], "status": ok["status"],
+        "upstream_guess": ok["upstream_guess"].fillna(False).astype(bool) if "upstream_guess" in ok else False,
     })
     unknown = sorted(set(rows["group"].fillna("<none>")) - set(GROUPS))
     if unknown:
@@ -109,8 +134,23 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")  # upstream's np.mean([]) is nan too
 
 
+def counts(scores: pd.DataFrame, language: str) -> pd.DataFrame:
+    """Per group of one language: rows scored (n), failed (n_failed) and failed where upstream would have
+    guessed a score (upstream_guess): what the means above leave out."""
+    rows = gedit_rows(scores, ok_only=False)
+    rows = rows[rows["instruction_language"] == language]
+    table = pd.DataFrame({
+        "n": rows.groupby("group").size(),
+        "n_failed": rows.assign(f=rows["status"] != "ok").groupby("group")["f"].sum(),
+        "upstream_guess": rows.groupby("group")["upstream_guess"].sum(),
+    }).reindex(GROUPS).fillna(0).astype(int)
+    table.loc["all"] = table.sum()
+    return table
+
+
 def statistics_lines(scores: pd.DataFrame) -> list[str]:
-    """What upstream `calculate_statistics.py --language L` prints, for each language present."""
+    """What upstream `calculate_statistics.py --language L` prints, for each language present, then the
+    rows behind each group's means."""
     lines = []
     present = set(gedit_rows(scores)["instruction_language"])
     for language in (lang for lang in LANGUAGES if lang in present):
@@ -122,4 +162,7 @@ def statistics_lines(scores: pd.DataFrame) -> list[str]:
             groups = stats[subset]
             lines += [f"{g}: {groups[g][0]:.3f}, {groups[g][1]:.3f}, {groups[g][2]:.3f}" for g in GROUPS]
             lines.append(f"{label}: {groups['Average'][0]:.3f}, {groups['Average'][1]:.3f}, {groups['Average'][2]:.3f}")
+        table = counts(scores, language)
+        lines += [f"\nRows per group ({language}; failed rows are left out of the means, as upstream leaves out "
+                  "samples it could not score):", table.to_string()]
     return lines

@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from data.models import resolve_model, torch_dtype
+from data.models import resolve_model
 from pool.stage import Feed
 from score.config import ScoreConfig
-from score.judge import Judge, Prepared, Request
+from score.judge import Judge, Prepared, Request, engine_dtype, processor_kwargs
 from score.stage import ScoreStage
 
 
 class TransformersStage(ScoreStage):
-    def __init__(self, config: ScoreConfig):
-        super().__init__(config)
+    def __init__(self, config: ScoreConfig, task: str | None = None):
+        super().__init__(config, task)
         self.prefetch = config.batch_size
 
     def load(self, device: str) -> None:
@@ -31,9 +31,9 @@ class TransformersStage(ScoreStage):
         config = self.config
         path = resolve_model(config.model)
         self.device = device
-        self.processor = AutoProcessor.from_pretrained(path, max_pixels=config.max_pixels, min_pixels=config.min_pixels)
+        self.processor = AutoProcessor.from_pretrained(path, **processor_kwargs(config, path, self.template))
         self.processor.tokenizer.padding_side = "left"
-        dtype = torch_dtype(config.dtype, device)
+        dtype = getattr(torch, engine_dtype(config, path, device))
         if config.load_format == "dummy":  # random weights at the real size, as vLLM's dummy format
             with torch.device(device):
                 self.model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
@@ -83,13 +83,13 @@ class TransformersStage(ScoreStage):
         images = [image for r in requests for image in r.images]
         inputs = self.processor(text=[r.prompt for r in requests], images=images, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device)
-        sampling = {"temperature": self.config.temperature, **judge.template.sampling}
-        kwargs = dict(max_new_tokens=judge.max_tokens, do_sample=sampling["temperature"] > 0)
+        sampling = judge.sampling()
+        kwargs = dict(max_new_tokens=sampling["max_tokens"], do_sample=sampling["temperature"] > 0)
         if kwargs["do_sample"]:  # the protocol's sampling, seeded per request batch
             kwargs.update({k: sampling[k] for k in ("temperature", "top_p", "top_k") if k in sampling})
             torch.manual_seed(requests[0].seed)
         if self.config.ignore_eos:
-            kwargs["min_new_tokens"] = judge.max_tokens
+            kwargs["min_new_tokens"] = sampling["max_tokens"]
         if requests[0].schema is not None:
             kwargs["logits_processor"] = [self._grammar(requests[0].schema, len(requests))]
         with torch.inference_mode():

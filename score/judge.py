@@ -1,10 +1,15 @@
-"""What both judge backends share: images in, chat prompts out; answers in, score rows out.
+"""What every judge backend shares: images in, chat prompts out; answers in, score rows out.
 
-`prepare` turns a sample into requests (one per template question and pass) with decoded,
-capped images; `finish` validates the answers against their schemas and builds the score row.
-An answer that does not follow its schema is asked again as the template's protocol says
-(`Judge.ask_again`), then the sample becomes a failed row carrying the reason and the raw
-answers. A sample whose image cannot be read becomes a failed row at once.
+`prepare` turns a sample into requests (one per template question and pass) with decoded images
+brought into the judge's pixel range; `finish` reads the answers and builds the score row.
+Answers are read two ways (`--decoding`):
+- `free` (the protocols' default): the judge writes what it likes and the protocol's reference
+  parser reads it (score/parsers.py); an unreadable answer is asked again as the reference does,
+  then the row fails. Where the reference would have invented a score the row says so
+  (`upstream_guess`) instead: it is counted, never scored.
+- `schema`: the answer is forced to the question's JSON schema by vLLM's grammar engine (our own
+  templates, and tiny random judges, which write valid JSON only when forced), then validated.
+A sample whose image cannot be read becomes a failed row at once.
 """
 
 from __future__ import annotations
@@ -13,12 +18,17 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from data.images import image_size, open_rgb
+from data.images import QWEN_VL_UTILS, PixelRange, image_size, open_rgb
 from data.manifest import SCORE_SCHEMA, empty_row
+from data.models import DTYPES
 from score.config import ScoreConfig
+from score.model_info import QWEN_VL_TYPES, checkpoint_dtype, model_type
+from score.parsers import PARSERS
 from score.templates import TEMPLATES, Question, Template, caption_template, load_template, protocol_template
 
 SKELETON_TOKENS = 32  # room for an answer's JSON punctuation and numbers
+DEFAULT_PIXELS = PixelRange(32 * 32, 1024 * 1024)  # our own templates: the aspect ratio kept, at most 1 MP
+DEFAULT_SAMPLING = {"temperature": 0.0, "max_tokens": 512}
 
 
 def resolve_template(config: ScoreConfig, task: str) -> Template:
@@ -31,13 +41,66 @@ def resolve_template(config: ScoreConfig, task: str) -> Template:
     return protocol_template(config.protocol, task, config.num_pass, config.reduction)
 
 
+RANDOM_JUDGES = ("tiny:qwen3vl", "tiny:qwen25vl")  # random weights: valid JSON only when a grammar forces it
+
+
+def decoding(config: ScoreConfig, template: Template) -> str:
+    """`auto`: free text read by the protocol's parser where the template has one, except for the tiny
+    random test judges; else the schema."""
+    if config.decoding != "auto":
+        return config.decoding
+    return "free" if template.parser and config.model not in RANDOM_JUDGES else "schema"
+
+
+def pixel_range(config: ScoreConfig, template: Template) -> PixelRange | None:
+    """The range images are brought into before the judge's processor: a protocol's own (qwen-vl-utils'
+    `fetch_image`, which both references call; none on a GPT judge's path, which sends the image as it
+    is), else at most 1 MP; --min-pixels / --max-pixels replace the bounds."""
+    if template.parser and config.backend == "openai":
+        base = None
+    else:
+        base = QWEN_VL_UTILS if template.parser else DEFAULT_PIXELS
+    if config.max_pixels is None and config.min_pixels is None:
+        return base
+    base = base or DEFAULT_PIXELS
+    return PixelRange(config.min_pixels or base.min_pixels, config.max_pixels or base.max_pixels, base.factor)
+
+
+def processor_range_applies(config: ScoreConfig, template: Template) -> bool:
+    """Whether the judge's processor runs with its own pixel range (the protocols, as their references
+    run it, unless --min/--max-pixels are given) rather than ours."""
+    return bool(template.parser) and config.max_pixels is None and config.min_pixels is None
+
+
+def processor_kwargs(config: ScoreConfig, model: str, template) -> dict:
+    """The HF processor's keyword arguments: the user's; none for a protocol, whose reference runs the
+    judge's processor with its own settings; else, for Qwen-VL processors, the judge's pixel range
+    (`size`, not min/max_pixels: transformers drops those as call kwargs in 5.23). Other processors
+    take no pixel range of theirs; images reach them in the range already."""
+    if config.mm_processor_kwargs:
+        return json.loads(config.mm_processor_kwargs)
+    pixels = pixel_range(config, template)
+    if pixels and not processor_range_applies(config, template) and model_type(model).startswith(QWEN_VL_TYPES):
+        return {"size": {"longest_edge": pixels.max_pixels, "shortest_edge": pixels.min_pixels}}
+    return {}
+
+
+def engine_dtype(config: ScoreConfig, model: str, device: str) -> str:
+    """--dtype auto: the checkpoint's own dtype (fp16 for an AWQ judge, as upstream loads it), else
+    bf16 on GPUs and fp32 on CPUs."""
+    if config.dtype != "auto":
+        return DTYPES[config.dtype]
+    return checkpoint_dtype(model) or ("bfloat16" if device == "cuda" else "float32")
+
+
 @dataclass
 class Request:
     question: str          # the answer's name: the question's, with `#pass` when there are several
     prompt: str            # rendered chat prompt with image placeholders
     images: list
-    schema: dict | None
+    schema: dict | None    # the grammar the answer is forced into (schema decoding), else None
     seed: int = 0
+    messages: list = field(default_factory=list)  # the chat messages the prompt was rendered from
 
 
 @dataclass
@@ -50,15 +113,41 @@ class Prepared:
     started_at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class Reading:
+    """The answers of one asking, read: per pass {question: answer}, or why not."""
+
+    passes: list[dict]
+    error: str | None = None
+    retry: bool = False  # the reference would ask again
+    guess: bool = False  # the reference would invent a score
+
+
 class Judge:
     """Template + tokenizer: builds requests and rows. Thread-safe (used by the decode threads)."""
 
-    def __init__(self, config: ScoreConfig, template: Template, tokenizer):
+    def __init__(self, config: ScoreConfig, template: Template, tokenizer, seen_max_pixels: int | None = None):
         self.config, self.template, self.tokenizer = config, template, tokenizer
+        self.decoding = decoding(config, template)
+        self.pixels = pixel_range(config, template)
+        # what the judge sees at most: our range, or its processor's own when that is smaller
+        ours = self.pixels.max_pixels if self.pixels else None
+        self.max_pixels = min(p for p in (ours, seen_max_pixels) if p) if (ours or seen_max_pixels) else None
+
+    @property
+    def parser(self):
+        return PARSERS[self.template.parser] if self.template.parser and self.decoding == "free" else None
+
+    def sampling(self, api: bool = False) -> dict:
+        """The protocol's sampling for this kind of judge, with the flags that were set on top."""
+        own = self.template.api_sampling if api else {**DEFAULT_SAMPLING, **self.template.sampling}
+        flags = {k: v for k, v in (("temperature", self.config.temperature), ("max_tokens", self.config.max_tokens))
+                 if v is not None}
+        return {**own, **flags}
 
     @property
     def max_tokens(self) -> int:
-        return self.template.sampling.get("max_tokens", self.config.max_tokens)
+        return self.sampling()["max_tokens"]
 
     def messages(self, question: Question, prompt: str) -> list[dict]:
         """One question as chat messages: the images first, then the text, as the protocols send it."""
@@ -74,27 +163,29 @@ class Judge:
             for n in range(self.template.num_pass):
                 for q in self.template.questions:
                     name = q.name if self.template.num_pass == 1 else f"{q.name}#{n}"
-                    prompt = self._render(self.messages(q, item.get("prompt") or ""))
-                    prepared.requests.append(Request(name, prompt, [images[r] for r in q.images],
-                                                     self._bounded(q.schema), seed + n))
+                    messages = self.messages(q, item.get("prompt") or "")
+                    grammar = self._bounded(q.schema) if self.decoding == "schema" else None
+                    prepared.requests.append(Request(name, self._render(messages), [images[r] for r in q.images],
+                                                     grammar, seed + n, messages))
         except Exception as exc:  # noqa: BLE001 - unreadable input: a failed row, not a dead replica
             prepared.error = f"{type(exc).__name__}: {exc}"
         return prepared
 
     def _images(self, item: dict) -> dict:
-        """Each role's image, capped to the pixel range; the judged one first resized to the
-        source's size when the protocol does that (GEdit-Bench compares them at equal size)."""
+        """Each role's image in the judge's pixel range; the judged one first resized to the source's
+        size when the protocol does that (GEdit-Bench and EditScore compare them at equal size)."""
         roles = {r for q in self.template.questions for r in q.images}
-        cap = (self.config.max_pixels, self.config.min_pixels)
         images = {}
         if "source" in roles:
-            images["source"] = open_rgb(item.get("source_image"), *cap)
+            images["source"] = open_rgb(item.get("source_image"), self.pixels)
         if "image" in roles:
             size = image_size(item.get("source_image")) if self.template.resize_to_source and "source" in roles else None
-            images["image"] = open_rgb(item.get("image_path"), *cap, resize_to=size)
+            images["image"] = open_rgb(item.get("image_path"), self.pixels, resize_to=size)
         return images
 
     def _render(self, messages: list[dict]) -> str:
+        if self.tokenizer is None:  # a judge behind an API renders its own prompts
+            return ""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _bounded(self, schema: dict | None) -> dict | None:
@@ -113,7 +204,8 @@ class Judge:
         row.update({k: item.get(k) for k in ("key", "sample_id", "index", "category", "prompt",
                                              "source_image", "image_path", "extra")})
         row.update(task=item.get("task"), judge_model=self.config.model, template=self.template.name,
-                   template_version=self.template.version, attempt=item.get("attempt", 1))
+                   template_version=self.template.version, attempt=item.get("attempt", 1),
+                   decoding=self.decoding, max_pixels=self.max_pixels)
         return row
 
     def failed(self, item: dict, reason: str, started_at: float | None = None) -> dict:
@@ -123,9 +215,10 @@ class Judge:
         return row
 
     def ask_again(self, prepared: Prepared, texts: dict[str, str]) -> bool:
-        """True when an answer does not parse and the protocol asks both questions again; the
+        """True when the answers cannot be read and the protocol asks both questions again; the
         caller then sends the same requests once more."""
-        if prepared.asks > self.template.reasks or self._parse(prepared, texts)[1] is None:
+        reading = self.read(prepared, texts)
+        if reading.error is None or not reading.retry or prepared.asks > self.template.reasks:
             return False
         prepared.asks += 1
         return True
@@ -134,31 +227,46 @@ class Judge:
         row = self.base_row(prepared.item)
         row.update(raw_response=json.dumps(texts, ensure_ascii=False), prompt_tokens=prompt_tokens,
                    output_tokens=output_tokens, started_at=prepared.started_at, asks=prepared.asks,
-                   duration_s=time.time() - prepared.started_at)
-        answers, error = self._parse(prepared, texts)
+                   duration_s=time.time() - prepared.started_at, upstream_guess=False)
+        reading = self.read(prepared, texts)
+        error = reading.error
         if error is None:
             try:
-                scores = self.template.combine(answers)
+                scores = self.template.combine(reading.passes)
             except (ValueError, KeyError, TypeError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
         if error is not None:
+            parser = self.parser
+            guess = reading.guess or (reading.retry and parser is not None and parser.guesses_next(prepared.asks))
             asked = f" (asked {prepared.asks} times)" if prepared.asks > 1 else ""
-            row.update(status="failed", error=f"invalid answer{asked}: {error}")
+            said = "; upstream would have guessed a score here" if guess else ""
+            row.update(status="failed", error=f"invalid answer{asked}: {error}{said}", upstream_guess=guess)
             return row
         scores["sub_scores"] = json.dumps(scores["sub_scores"])
         row.update(scores, status="ok")
         return row
 
-    def _parse(self, prepared: Prepared, texts: dict[str, str]) -> tuple[list[dict], str | None]:
-        """Parsed answers per pass, or the first reason one does not parse."""
+    def read(self, prepared: Prepared, texts: dict[str, str]) -> Reading:
+        """Every answer of this asking read as the decoding mode says, or the first that cannot be."""
         passes: list[dict] = [{} for _ in range(self.template.num_pass)]
+        parser = self.parser
         for r in prepared.requests:
             question, _, n = r.question.partition("#")
-            try:
-                passes[int(n or 0)][question] = parse_answer(texts[r.question], r.schema)
-            except (ValueError, KeyError) as exc:
-                return passes, f"{r.question}: {exc}"
-        return passes, None
+            if parser is None:
+                try:
+                    passes[int(n or 0)][question] = parse_answer(texts[r.question], r.schema or self._question(question))
+                except (ValueError, KeyError) as exc:
+                    return Reading(passes, f"{r.question}: {exc}", retry=True)
+                continue
+            parsed = parser.read(texts.get(r.question, ""), question, prepared.asks)
+            if parsed.status != "ok":
+                return Reading(passes, f"{r.question}: {parsed.reason}", retry=parsed.status == "retry",
+                               guess=parsed.status == "guess")
+            passes[int(n or 0)][question] = parsed.answer
+        return Reading(passes)
+
+    def _question(self, name: str) -> dict | None:
+        return next(q.schema for q in self.template.questions if q.name == name)
 
 
 def parse_answer(text: str, schema: dict | None) -> dict | str:

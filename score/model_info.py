@@ -9,14 +9,15 @@ QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 DEFAULT_CONTEXT = 8192
 
 
-def _config(model: str) -> dict | None:
-    """config.json of a model folder or of a cached hub id, as a dict; None when it is not here (the
-    parent reads files only: importing transformers or asking the hub costs seconds per command)."""
-    path = Path(model) / "config.json"
+def _config(model: str, name: str = "config.json") -> dict | None:
+    """A JSON file (config.json by default) of a model folder or of a cached hub id, as a dict; None
+    when it is not here (the parent reads files only: importing transformers or asking the hub costs
+    seconds per command)."""
+    path = Path(model) / name
     if not path.exists():
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(model, "config.json") if model.count("/") == 1 else None
+        cached = try_to_load_from_cache(model, name) if model.count("/") == 1 else None
         if not isinstance(cached, str):
             return None
         path = Path(cached)
@@ -41,15 +42,59 @@ def max_positions(model: str) -> int | None:
     return _text(config).get("max_position_embeddings") if config is not None else None
 
 
-def context_length(model: str, asked: int | None) -> tuple[int, str | None]:
-    """--max-model-len: the model's own limit capped at 8192 by default; a larger ask is lowered to
-    the limit. Returns the length and a note to print when it was lowered."""
+def checkpoint_dtype(model: str) -> str | None:
+    """The weights' dtype the checkpoint names (torch_dtype, or dtype in newer configs), as torch spells it."""
+    config = _config(model)
+    if config is None:
+        return None
+    for part in (config, _text(config)):
+        dtype = part.get("torch_dtype") or part.get("dtype")
+        if isinstance(dtype, str):
+            return dtype.removeprefix("torch.")
+    return None
+
+
+def processor_pixels(model: str) -> tuple[int, int, int] | None:
+    """(min pixels, max pixels, side factor) of the judge's own image processor (Qwen-VL's
+    preprocessor_config.json: size.shortest_edge/longest_edge or min/max_pixels; patch x merge), or None."""
+    config = _config(model, "preprocessor_config.json") or (_config(model, "processor_config.json") or {}).get(
+        "image_processor")  # hub checkpoints keep the first; transformers 5 saves the second
+    if not config or "patch_size" not in config:
+        return None
+    size = config.get("size") or {}
+    low = size.get("shortest_edge", config.get("min_pixels"))
+    high = size.get("longest_edge", config.get("max_pixels"))
+    if not (low and high):
+        return None
+    return int(low), int(high), int(config["patch_size"]) * int(config.get("merge_size", 1))
+
+
+def image_tokens(model: str, max_pixels: int | None) -> int | None:
+    """The most tokens one image can take in the judge: the pixels it may see over one token's patch."""
+    own = processor_pixels(model)
+    if own is None:
+        return None
+    seen = min(max_pixels, own[1]) if max_pixels else own[1]
+    return seen // own[2] ** 2
+
+
+def context_length(model: str, asked: int | None, needed: int | None = None) -> tuple[int, str | None]:
+    """--max-model-len: by default the length a sample needs (`needed`: its images at the largest size
+    the judge may see, the prompt and the answer), at least 8192, within the model's own limit; an ask
+    above the limit is lowered to it. Returns the length and a note to print when it falls short."""
     limit = max_positions(model)
     if asked is None:
-        return min(limit or DEFAULT_CONTEXT, DEFAULT_CONTEXT), None
-    if limit and asked > limit:
-        return limit, f"--max-model-len {asked} is above the judge's limit ({limit} positions); using {limit}"
-    return asked, None
+        length = max(DEFAULT_CONTEXT, needed or 0)
+        length = min(limit, length) if limit else length
+    else:
+        length = min(asked, limit) if limit else asked
+    if asked is not None and limit and asked > limit:
+        return length, f"--max-model-len {asked} is above the judge's limit ({limit} positions); using {limit}"
+    if needed and length < needed:
+        why = "the judge's limit" if asked is None else "--max-model-len"
+        return length, (f"a sample's images at the largest size the judge may see need {needed} positions, above "
+                        f"{why} ({length}): larger samples will fail as rows; lower --max-pixels to avoid that")
+    return length, None
 
 
 GIB = 1024 ** 3

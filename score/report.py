@@ -19,7 +19,7 @@ import pandas as pd
 
 from data.manifest import latest_rows, read_manifest
 from score import export, gedit
-from score.summary import summary_table
+from score.summary import guess_line, judge_label, summary_table
 
 VARIED_PARAMS = ("steps", "guidance_scale", "true_cfg_scale", "height", "width", "seed")
 
@@ -87,13 +87,6 @@ def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     rows = {cat: stats(g) for cat, g in both.groupby("category", sort=True)}
     rows["all"] = stats(both)
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def judge_label(scores: pd.DataFrame) -> str:
-    if scores.empty:
-        return "no scores"
-    pairs = scores[["judge_model", "template", "template_version"]].drop_duplicates()
-    return "; ".join(f"{m} | template {t} v{v}" for m, t, v in pairs.itertuples(index=False))
 
 
 # ---- HTML -----------------------------------------------------------------------------------
@@ -243,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                                                       "and print its statistics per language")
     parser.add_argument("--gedit-model", default=None, help="model name in the GEdit-Bench paths (default: the "
                                                             "generation model's folder name, or the run's)")
+    parser.add_argument("--gedit-backbone", default=None, choices=gedit.BACKBONES,
+                        help="the judge folder in the GEdit-Bench paths, as upstream calculate_statistics.py "
+                             "--backbone names it (default: gpt4o for GPT judges, qwen25vl otherwise)")
     parser.add_argument("--export-dataset", default=None, help="write a `datasets` dataset here (images as Image(), "
                                                                "the gen and score rows joined per sample)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO",
@@ -270,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                              ("throughput per device", pd.concat([throughput(gen, "gen"), throughput(scores, "score")])),
                              ("failures", failures(gen, scores))):
             if frame is not None and not frame.empty:
-                print(f"\n{title}\n{frame.to_string()}")
+                print(f"\n{title}\n{frame.to_string(na_rep='-')}")
+        if guess_line(scores):
+            print(guess_line(scores))
     out = Path(args.out) if args.out else run / "report.html"
     out.write_text(render_html(run, gen, scores), encoding="utf-8")
     print(f"\nreport: {out.resolve()}")
@@ -288,24 +286,30 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"imagefolder: {n} images + metadata.jsonl in {Path(args.export_imagefolder).resolve()}")
     if args.gedit:
-        return _gedit(run, gen, scores, Path(args.gedit), args.gedit_model)
+        return _gedit(run, gen, scores, Path(args.gedit), args.gedit_model, args.gedit_backbone)
     return 0
 
 
-def _gedit(run: Path, gen: pd.DataFrame, scores: pd.DataFrame, out: Path, model: str | None) -> int:
+def _gedit(run: Path, gen: pd.DataFrame, scores: pd.DataFrame, out: Path, model: str | None,
+           backbone: str | None) -> int:
     if scores.empty:
         print("error: --gedit needs a scored run", file=sys.stderr)
         return 2
     model = model or (_name(gen["model"].iloc[0]) if "model" in gen and len(gen) else run.name)
+    backbone = backbone or gedit.default_backbone(scores["judge_model"].iloc[0])
     try:
-        paths = gedit.export(scores, out, model, _name(scores["judge_model"].iloc[0]))
+        paths = gedit.export(scores, out, model, backbone)
         lines = gedit.statistics_lines(scores)
     except gedit.GEditError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"gedit: {len(paths) - 1} group CSVs and the combined CSV in {paths[0].parent.resolve()}")
+    print(f"gedit: {len(paths) - 1} group CSVs and the combined CSV in {paths[0].parent.resolve()}; upstream reads "
+          f"them with: python calculate_statistics.py --model_name {model} --save_path {out.resolve()} "
+          f"--backbone {backbone} --language en")
     print(f"judge: {judge_label(scores)}")
     print("\n".join(lines))
+    if guess_line(scores):
+        print(guess_line(scores))
     return 0
 
 

@@ -22,8 +22,8 @@ from score.config import RUNTIME_FIELDS, ScoreConfig
 from score.engine import VLLMStage
 from score.hf_backend import TransformersStage
 from score.inputs import FollowRun, default_output, is_layout, newest_run, score_samples, wait_for_run
-from score.judge import Judge, resolve_template
-from score.model_info import check_fits, context_length
+from score.judge import Judge, decoding, resolve_template
+from score.model_info import check_fits, context_length, image_tokens
 from score.templates import Template
 from score.summary import print_summary
 
@@ -79,9 +79,12 @@ def pick_task(config: ScoreConfig, input_path: str, samples: list[dict]) -> str:
 
 
 def identity(config: ScoreConfig, template: Template | None = None) -> dict:
-    """What makes scores comparable: the config's output-changing fields and the template version."""
+    """What makes scores comparable: the config's output-changing fields, the template version and the
+    decoding mode it resolves to. Runs saved before `--decoding` existed decoded by schema."""
     fields = {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
-    return {**fields, "template": f"{template.name} v{template.version}"} if template else fields
+    if template is None:
+        return {**fields, "decoding": "schema"}
+    return {**fields, "template": f"{template.name} v{template.version}", "decoding": decoding(config, template)}
 
 
 def print_prompts(template: Template, sample: dict) -> None:
@@ -118,9 +121,18 @@ def check_quantize(config: ScoreConfig, devices: list[str] | None) -> None:
     require_fp8_gpus(devices)
 
 
-def fit_context(config: ScoreConfig) -> ScoreConfig:
-    """--max-model-len within the judge's own limit, said in one line when lowered."""
-    length, note = context_length(resolve_model(config.model), config.max_model_len)
+PROMPT_TOKENS = 1024  # room for a question's text and chat markup (VIEScore's longest is about 450 tokens)
+
+
+def fit_context(config: ScoreConfig, template: Template) -> ScoreConfig:
+    """--max-model-len: room for a question's images at the most pixels the judge may see, its text and
+    its answer, within the judge's own limit; said in one line when it falls short."""
+    model = resolve_model(config.model)
+    judge = Judge(config, template, tokenizer=None)
+    per_image = image_tokens(model, judge.max_pixels)
+    images = max(len(q.images) for q in template.questions)
+    needed = images * per_image + PROMPT_TOKENS + judge.max_tokens if per_image else None
+    length, note = context_length(model, config.max_model_len, needed)
     if note:
         print(f"score: {note}", file=sys.stderr)
     return dataclasses.replace(config, max_model_len=length)
@@ -185,18 +197,18 @@ def run(config: ScoreConfig) -> int:
             raise InputError(f"{input_path}: no samples to show prompts for")
         print_prompts(template, first)
         return 0
-    config = fit_context(config)
+    config = fit_context(config, template)
     where = placement(config)
     check_quantize(config, where.devices)
     check_memory(config, where.devices)
-    spec = StageSpec("score", STAGES[config.backend](replica_config(config)), SCORE_SCHEMA, to_dict(config),
+    spec = StageSpec("score", STAGES[config.backend](replica_config(config), task), SCORE_SCHEMA, to_dict(config),
                      identity(config, template), identity(ScoreConfig()), config_file="score.json", unit="sample")
     settings = RunSettings(
         executor=config.engine, force=config.force, retry_failed=config.retry_failed, progress=config.progress,
         verbose=config.verbose, ray_address=config.ray_address, ray_batch_size=config.window or 256,
         policy=FaultPolicy(max_retries=config.max_retries, serial_load=config.replicas_per_gpu > 1),
     )
-    print(f"score: {input_path} ({task}, {template.name} v{template.version})"
+    print(f"score: {input_path} ({task}, {template.name} v{template.version}, {decoding(config, template)} decoding)"
           + (", following it as it is generated" if following else ""), file=sys.stderr)
     samples = run_stage(out, spec, work, where, settings)
     if gen_process is not None and gen_process.wait() != 0:

@@ -7,9 +7,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from data.models import resolve_model
 from pool.stage import Feed, Stage
 from score.config import ScoreConfig
-from score.judge import Judge, resolve_template
+from score.judge import Judge, pixel_range, processor_range_applies, resolve_template
+from score.model_info import processor_pixels
 
 
 def sample_line(row: dict) -> str:
@@ -23,18 +25,28 @@ def sample_line(row: dict) -> str:
 class ScoreStage(Stage):
     """A judge stage; subclasses load a model and yield rows from `rows(feed)`."""
 
-    def __init__(self, config: ScoreConfig):
+    def __init__(self, config: ScoreConfig, task: str | None = None):
         self.config = config
+        self.task = task or (config.task if config.task != "auto" else "t2i")  # the run's task: engine settings
+        self.template = resolve_template(config, self.task)
         self.tokenizer = None  # set by load(): Judge renders prompts with it
         self.judges: dict[str, Judge] = {}
 
     def judge(self, task: str) -> Judge:
         if task not in self.judges:
-            self.judges[task] = Judge(self.config, resolve_template(self.config, task), self.tokenizer)
+            self.judges[task] = self._judge(task, self.tokenizer)
         return self.judges[task]
 
+    def _judge(self, task: str, tokenizer) -> Judge:
+        """A judge for `task`; it records the most pixels its images keep: ours, or fewer where the
+        judge's processor runs with its own range and that is smaller."""
+        template = resolve_template(self.config, task)
+        own = processor_range_applies(self.config, template) and pixel_range(self.config, template)
+        processor = processor_pixels(resolve_model(self.config.model)) if own else None
+        return Judge(self.config, template, tokenizer, seen_max_pixels=processor[1] if processor else None)
+
     def failed_row(self, item: dict, reason: str) -> dict:
-        return Judge(self.config, resolve_template(self.config, item["task"]), None).failed(item, reason)
+        return self._judge(item["task"], None).failed(item, reason)
 
     def line(self, row: dict) -> str | None:
         return sample_line(row) if self.config.print_samples else None

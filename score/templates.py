@@ -2,20 +2,23 @@
 
 A template asks one or more questions per sample; each question names the images it shows
 (`source`, the input image; `image`, the image being judged), in order, and the JSON schema its
-answer must follow (None for free text). Templates are versioned: change a prompt, a schema or
-the scoring, bump the version; every score row records name and version.
+answer follows under `--decoding schema` (None for free text). Templates are versioned: change a
+prompt, a schema or the scoring, bump the version; every score row records name and version.
 
-Published protocols, reproduced as their reference code runs them (texts in score/protocol_text.py):
+Published protocols, reproduced as their reference code runs them (texts in score/protocol_text.py,
+answer parsers in score/parsers.py):
 - `viescore-edit` / `viescore-t2i` (VIEScore, as GEdit-Bench runs it): one user message, images
-  first, no system message; answers `{"score": [...], "reasoning": "..."}`; SC = min of the SC
-  list, PQ = min of the PQ list, overall = sqrt(SC * PQ). The edited image is resized to the
-  source's size first (GEdit-Bench's `test_gedit_score.py`). An answer that does not parse: both
-  questions are asked once more (VIEScore's `max_tries = 1`), then the row fails (upstream guesses
-  a random score there; we never do).
+  first, no system message; the judge writes free text, read by VIEScore's `mllm_output_to_dict`;
+  SC = min of the SC list, PQ = min of the PQ list, overall = sqrt(SC * PQ). The edited image is
+  resized to the source's size first (GEdit-Bench's `test_gedit_score.py`). Greedy, 512 tokens
+  (its Qwen2.5-VL judge); 1400 tokens at the API's default temperature for GPT judges (its GPT path).
+  An answer that does not parse: both questions are asked once more (VIEScore's `max_tries = 1`),
+  then the row fails (upstream guesses a random score there; we never do).
 - `editscore-edit` (EditScore 0.2, `EditScore.evaluate`): reasoning-first context, scores 0-25
-  rescaled to 0-10, `num_pass` passes sampled at temperature 0.7 (top_p 0.9, top_k 20, seed
-  42 + pass), averaged (`average_last`) or overall from the averaged parts (`average_first`);
-  two re-asks before failing (its `max_tries = 2`).
+  rescaled to 0-10, read by EditScore's parser (json_repair), `num_pass` passes sampled at
+  temperature 0.7 (top_p 0.9, top_k 20, seed 42 + pass), averaged (`average_last`) or overall from
+  the averaged parts (`average_first`); rows name its fields (prompt_following, consistency,
+  perceptual_quality). One re-ask (its `max_tries = 2`), then the row fails (its third round guesses).
 genscore's own earlier prompts stay as `genscore-edit` / `genscore-t2i` (version 1), so older
 runs stay readable; they are not any published protocol.
 """
@@ -62,7 +65,10 @@ class Template:
     score_range: int = 10             # answers run 0..score_range, reported on 0..10
     reasks: int = 0                   # times both questions are asked again after an unparseable answer
     resize_to_source: bool = False    # resize the judged image to the source's size (GEdit-Bench)
-    sampling: dict = field(default_factory=dict)  # the protocol's own sampling (overrides the flags)
+    sampling: dict = field(default_factory=dict)      # the protocol's own sampling, judges we load (flags may override)
+    api_sampling: dict = field(default_factory=dict)  # the same for judges behind an OpenAI-compatible API
+    parser: str | None = None         # the protocol's answer parser (score/parsers.py) for free decoding
+    quality_field: str | None = None  # also report min(PQ) under this name (EditScore's perceptual_quality)
     num_pass: int = 1
     reduction: Literal["average_last", "average_first"] = "average_last"
 
@@ -94,6 +100,8 @@ class Template:
             sc, pq = [v / scale for v in answers["sc"]["score"]], [v / scale for v in answers["pq"]["score"]]
             subs = {name: v for q, values in (("sc", sc), ("pq", pq))
                     for name, v in zip(self.score_names.get(q, ()), values)}
+            if self.quality_field:
+                subs[self.quality_field] = min(pq)
             per_pass.append({"SC": min(sc), "PQ": min(pq), "O": math.sqrt(min(sc) * min(pq)), "first_sc": sc[0], **subs})
         avg = {k: mean(p[k] for p in per_pass) for k in per_pass[0]}
         overall = avg["O"]
@@ -105,7 +113,7 @@ class Template:
 
 
 def _reasoning(answers: dict) -> str | None:
-    reasons = [a.get("reasoning") for a in answers.values() if isinstance(a, dict) and a.get("reasoning")]
+    reasons = [str(a["reasoning"]) for a in answers.values() if isinstance(a, dict) and a.get("reasoning")]
     return " | ".join(reasons) or None
 
 
@@ -137,8 +145,10 @@ def _viescore(task: str) -> Template:
                   score_list_schema(2 if edit else 1), tag)
     pq = Question("pq", "\n".join([context, P.VIESCORE_PROMPTS_0SHOT_RULE_PQ]), ("image",), score_list_schema(2), tag)
     names = _EDIT_NAMES if edit else {"sc": ("prompt_alignment",), "pq": _EDIT_NAMES["pq"]}
+    # GEdit-Bench's Qwen2.5-VL judge: greedy, max_new_tokens 512; its GPT path: max_tokens 1400, no temperature.
     return Template(name=f"viescore-{task}", version="2", system=None, questions=(sc, pq), scoring="score-lists",
-                    score_names=names, reasks=1, resize_to_source=edit)
+                    score_names=names, reasks=1, resize_to_source=edit, parser="viescore",
+                    sampling={"temperature": 0.0, "max_tokens": 512}, api_sampling={"max_tokens": 1400})
 
 
 def editscore_edit(num_pass: int = 1, reduction: str = "average_last") -> Template:
@@ -149,10 +159,12 @@ def editscore_edit(num_pass: int = 1, reduction: str = "average_last") -> Templa
     pq = "\n".join([context, P.VIESCORE_PROMPTS_0SHOT_RULE_PQ.replace("10", rng)])
     schema = score_list_schema(2, 25, reasoning_first=True)
     return Template(
-        name="editscore-edit", version=f"1-pass{num_pass}-{reduction}", system=None,
+        name="editscore-edit", version=f"2-pass{num_pass}-{reduction}", system=None,
         questions=(Question("sc", sc, ("source", "image"), schema, "<instruction>"),
                    Question("pq", pq, ("image",), schema, "<instruction>")),
-        scoring="score-lists", score_names=_EDIT_NAMES, score_range=25, reasks=2,
+        scoring="score-lists", score_names={"sc": ("prompt_following", "consistency")}, score_range=25, reasks=1,
+        resize_to_source=True, parser="editscore", quality_field="perceptual_quality",
+        # its vLLM judges' SamplingParams; its OpenAI path sends neither max_tokens nor temperature
         sampling={"temperature": 0.7, "top_p": 0.9, "top_k": 20, "seed": 42, "max_tokens": 512},
         num_pass=num_pass, reduction=reduction,
     )

@@ -10,7 +10,7 @@ import pytest
 
 from data import tiny
 from data.rundir import file_lock
-from helpers import shape_image, write_jsonl
+from helpers import REFERENCE, shape_image, write_jsonl
 
 
 def pytest_addoption(parser):
@@ -21,6 +21,14 @@ def pytest_collection_modifyitems(items):
     """Tests marked `long` start first: under `pytest -n N` (make test) no worker is then left
     running one of them alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    """The upstream reference files (../shared/reference); a user's clone has none: the test skips."""
+    if not REFERENCE.is_dir():
+        pytest.skip(f"{REFERENCE} is not here (only CI and developers have ../shared): upstream files not compared")
+    return REFERENCE
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "reference"  # upstream files, beside the clone in CI (not in a user's clone)
 
 
 # vLLM's own process layout (front-end, engine core, worker processes), as GPU replicas run it;
@@ -25,7 +26,7 @@ ENGINE_PROCESSES = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
 # The shared scored run's settings (conftest.scored_run); a test that reruns them elsewhere compares with it.
 TINY_GEN = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
             "--progress", "none"]
-TINY_SCORE = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
+TINY_SCORE = ["--model", "tiny:qwen3vl", "--decoding", "schema", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
               "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--progress", "none"]
 
 

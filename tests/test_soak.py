@@ -17,7 +17,7 @@ from helpers import ENGINE_PROCESSES, final_rows, kill_run, rows, rows_on_disk, 
 N = 100
 GEN = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
        "--batch-size", "2", "--devices", "cpu,cpu", "--progress", "none"]
-SCORE = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "64",
+SCORE = ["--model", "tiny:qwen3vl", "--decoding", "schema", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "64",
          "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--window", "8", "--progress", "none"]
 
 

@@ -12,7 +12,7 @@ from helpers import final_rows, kill_run, pause_run, rows, rows_on_disk, start_c
 
 GEN = ["--model", "tiny:t2i", "--steps", "4", "--height", "64", "--width", "64", "--true-cfg-scale", "1",
        "--batch-size", "1", "--devices", "cpu", "--progress", "none"]
-SCORE = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "128",
+SCORE = ["--model", "tiny:qwen3vl", "--decoding", "schema", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "128",
          "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--progress", "none",
          "--follow", "--task", "t2i"]
 

@@ -1,32 +1,36 @@
 """GEdit-Bench end to end: its dataset schema in, its file layout and statistics out.
 
 The statistics are checked against upstream `calculate_statistics.py` itself (../shared/reference,
-unchanged), run on our export; only its `megfile` import (an object-store wrapper) is given plain
-local-file stand-ins.
+unchanged), run on our export, as a function and as the command its EVAL.md gives.
 """
 
 import json
 import random
+import subprocess
 import sys
-import types
 
 import numpy as np
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from PIL import Image
 
 from data.manifest import SCORE_SCHEMA, empty_row, write_rows
-from helpers import ROOT, run_cli, shape_image
-from score.gedit import COLUMNS, GROUPS
-
-REFERENCE = ROOT.parent / "shared" / "reference" / "GEdit-Bench"
+from helpers import run_cli, shape_image, write_jsonl
+from score.gedit import COLUMNS, GROUPS, GEditError, truth
 
 
 @pytest.fixture(scope="module")
-def upstream_statistics():
-    sys.modules.setdefault("megfile", types.SimpleNamespace(smart_open=open, smart_exists=lambda p: False))
+def statistics_script(reference):
+    pytest.importorskip("megfile", reason="megfile (a dev dependency) is what upstream's script opens files with")
+    return reference / "GEdit-Bench" / "calculate_statistics.py"
+
+
+@pytest.fixture(scope="module")
+def upstream_statistics(statistics_script):
     namespace: dict = {"__name__": "calculate_statistics"}
-    exec(compile((REFERENCE / "calculate_statistics.py").read_text(), "calculate_statistics.py", "exec"), namespace)
+    exec(compile(statistics_script.read_text(), "calculate_statistics.py", "exec"), namespace)
     return namespace["analyze_scores"]
 
 
@@ -49,16 +53,17 @@ def _score_rows(tmp_path) -> list[dict]:
                                              "Intersection_exist": i % 2 == 0}))
                 row["overall"] = (row["semantics"] * row["quality"]) ** 0.5
                 rows.append(row)
-    rows[3].update(status="failed", semantics=None, quality=None, overall=None, error="invalid answer")
+    rows[3].update(status="failed", semantics=None, quality=None, overall=None, error="invalid answer",
+                   decoding="free", upstream_guess=True)
     return rows
 
 
-def test_gedit_export_matches_upstream_statistics(tmp_path, upstream_statistics):
+def test_gedit_export_matches_upstream_statistics(tmp_path, upstream_statistics, statistics_script):
     rows = _score_rows(tmp_path)
     write_rows(tmp_path / "scores" / "manifest", SCORE_SCHEMA, rows)
     proc = run_cli("score.report", str(tmp_path / "scores"), "--out", str(tmp_path / "r.html"),
                    "--gedit", str(tmp_path / "g"), "--gedit-model", "mymodel")
-    csv_dir = tmp_path / "g" / "mymodel" / "Judge-VL" / "eval_results_new"
+    csv_dir = tmp_path / "g" / "mymodel" / "qwen25vl" / "eval_results_new"  # upstream's --backbone for open judges
     combined = pd.read_csv(csv_dir / "mymodel_combined_gpt_score.csv")
     assert list(combined.columns) == COLUMNS and len(combined) == len(rows) - 1  # the failed row is left out
     for group in GROUPS:
@@ -72,7 +77,7 @@ def test_gedit_export_matches_upstream_statistics(tmp_path, upstream_statistics)
     for language in ("en", "cn"):
         results = upstream_statistics(str(csv_dir), ["mymodel"], language)
         sem, qual, over, sem_i, qual_i, over_i = (r["mymodel"] for r in results)
-        printed = proc.stdout.split(f"language {language} ")[1].split("=== GEdit")[0]
+        printed = proc.stdout.split(f"language {language} ")[1].split("\nRows per group")[0]
         full, inter = printed.split("\nIntersection:\n")
         expected_full = [f"{g}: {sem[g]:.3f}, {qual[g]:.3f}, {over[g]:.3f}" for g in GROUPS]
         expected_full.append(f"Average: {sem['avg_semantics']:.3f}, {qual['avg_quality']:.3f}, "
@@ -85,6 +90,18 @@ def test_gedit_export_matches_upstream_statistics(tmp_path, upstream_statistics)
     # the macro average is not the micro one here: the groups are uneven
     en = combined[combined["instruction_language"] == "en"]
     assert f"{en['sementics_score'].mean():.3f}" not in proc.stdout.split("Average: ")[1].split(",")[0]
+    # the rows behind the means: rows[3] (failed, where upstream would have guessed) is one of color_alter's 2 en rows
+    counts = proc.stdout.split("Rows per group (en;")[1].split("===")[0]
+    assert " ".join(counts.split("\ncolor_alter")[1].split()[:3]) == "2 1 1"
+    assert " ".join(counts.split("\nbackground_change")[1].split()[:3]) == "1 0 0"
+    assert "upstream would have guessed 1 score " in proc.stdout
+    # upstream's own command, unmodified, reads the export (its --language choices are en and zh: en here)
+    upstream = subprocess.run([sys.executable, str(statistics_script), "--model_name", "mymodel", "--save_path",
+                               str(tmp_path / "g"), "--backbone", "qwen25vl", "--language", "en"],
+                              capture_output=True, text=True, check=True)
+    ours = proc.stdout.split("language en ")[1].split("\nRows per group")[0].strip().splitlines()[1:]
+    printed = [line for line in upstream.stdout.splitlines() if line.startswith((*GROUPS, "Average", "Intersection"))]
+    assert printed == [line for line in ours if line]
 
 
 def test_gedit_refuses_other_categories_and_missing_groups(tmp_path):
@@ -99,6 +116,10 @@ def test_gedit_refuses_other_categories_and_missing_groups(tmp_path):
     proc = run_cli("score.report", str(tmp_path / "b"), "--out", str(tmp_path / "b.html"),
                    "--gedit", str(tmp_path / "g"), check=False)
     assert proc.returncode == 2 and "['ps_human']" in proc.stderr and "Traceback" not in proc.stderr
+
+
+TINY_JUDGE = ["--model", "tiny:qwen3vl", "--decoding", "schema", "--max-model-len", "2048", "--max-num-seqs", "8",
+              "--max-tokens", "96", "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--progress", "none"]
 
 
 def gedit_dataset(folder, groups=GROUPS, cn: int = 3):
@@ -126,8 +147,7 @@ def test_gedit_dataset_scored_and_exported(tmp_path, tiny_models):
     data = gedit_dataset(tmp_path / "gedit")
     out = tmp_path / "scores"
     run_cli("score.run", "--input", str(data), "--output-dir", str(out), "--id-column", "key,instruction_language",
-            "--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "96",
-            "--enforce-eager", "--max-pixels", "16384", "--devices", "cpu", "--progress", "none")
+            *TINY_JUDGE)
     scores = pd.read_parquet(out / "manifest")
     assert len(scores) == 14 and (scores["status"] == "ok").all(), scores["error"].tolist()
     assert set(scores["template"]) == {"viescore-edit"} and set(scores["category"]) == set(GROUPS)
@@ -135,5 +155,34 @@ def test_gedit_dataset_scored_and_exported(tmp_path, tiny_models):
     assert json.loads(row["extra"])["key"] == "k00" and Image.open(row["source_image"]).size == (48, 32)
     proc = run_cli("score.report", str(out), "--out", str(tmp_path / "r.html"), "--gedit", str(tmp_path / "g"))
     assert "language en" in proc.stdout and "language cn" in proc.stdout
-    exported = tmp_path / "g" / "scores" / "tiny-qwen3vl" / "eval_results_new" / "scores_combined_gpt_score.csv"
-    assert len(pd.read_csv(exported)) == 14
+    exported = tmp_path / "g" / "scores" / "qwen25vl" / "eval_results_new" / "scores_combined_gpt_score.csv"
+    from_dataset = pd.read_csv(exported)
+    assert len(from_dataset) == 14
+    # the same samples as a CSV, as GEdit-Bench's rows are often kept: Intersection_exist is the text "True"/"False"
+    records = [{**{k: r[k] for k in ("task_type", "key", "instruction", "instruction_language")},
+                "input_image": r["source_image"], "edited_image": r["image_path"],
+                "Intersection_exist": str(r["Intersection_exist"])}
+               for r in scores.assign(**pd.DataFrame(list(scores["extra"].map(json.loads))))
+               .rename(columns={"prompt": "instruction", "category": "task_type"}).to_dict("records")]
+    csv = tmp_path / "gedit.csv"
+    pd.DataFrame(records).to_csv(csv, index=False)
+    run_cli("score.run", "--input", str(csv), "--output-dir", str(tmp_path / "csv-scores"), "--task", "edit",
+            "--id-column", "key,instruction_language", *TINY_JUDGE)
+    run_cli("score.report", str(tmp_path / "csv-scores"), "--out", str(tmp_path / "c.html"), "--gedit",
+            str(tmp_path / "g"), "--gedit-model", "from-csv")
+    from_csv = pd.read_csv(tmp_path / "g" / "from-csv" / "qwen25vl" / "eval_results_new" /
+                           "from-csv_combined_gpt_score.csv")
+
+    def intersection(table):
+        return sorted((Path(e).stem, lang) for e, lang, i in
+                      zip(table["edited_image"], table["instruction_language"], table["intersection_exist"]) if i)
+    assert intersection(from_csv) == intersection(from_dataset) and 0 < len(intersection(from_csv)) < 14
+
+
+def test_intersection_exist_is_read_whatever_carries_it():
+    import numpy as np
+
+    assert [truth(v) for v in (True, "True", "true", "1", 1, 1.0, np.bool_(True))] == [True] * 7
+    assert [truth(v) for v in (False, "False", "0", "", 0, None, float("nan"), np.bool_(False))] == [False] * 8
+    with pytest.raises(GEditError, match="neither true nor false"):
+        truth("maybe")

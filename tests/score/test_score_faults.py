@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import final_rows, run_cli, shape_image, write_jsonl
 
-VLLM = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
+VLLM = ["--model", "tiny:qwen3vl", "--decoding", "schema", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
         "--enforce-eager", "--max-pixels", "16384", "--progress", "none"]
 
 

@@ -12,7 +12,7 @@ from helpers import kill_run, rows, rows_on_disk, run_cli, shape_image, start_cl
 from score.config import ScoreConfig
 from score.run import placement, replica_config
 
-VLLM = ["--model", "tiny:qwen3vl", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
+VLLM = ["--model", "tiny:qwen3vl", "--decoding", "schema", "--max-model-len", "2048", "--max-num-seqs", "8", "--max-tokens", "256",
         "--enforce-eager", "--max-pixels", "16384", "--progress", "none"]
 
 
