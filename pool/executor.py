@@ -43,7 +43,7 @@ from data.manifest import ManifestWriter
 from data.rundir import file_lock
 from pool.devices import Placement, local_device, process_env
 from pool.progress import Progress, say
-from pool.stage import ExecutorOptions, FaultPolicy, Output, PoolError, Stage, Work
+from pool.stage import ExecutorOptions, FaultPolicy, Output, PoolError, RunFault, Stage, Work
 
 POLL_S = 2.0  # how often a run that follows another looks for new items
 
@@ -144,10 +144,15 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     print(f"{now.isoformat(timespec='milliseconds')} genscore: worker {slot} ({device}): process up in "
           f"{up - spawned_at:.1f} s, stage loaded in {now.timestamp() - up:.1f} s", file=sys.stderr, flush=True)
     outbox.send(("ready", wid))
-    for row in stage.process(QueueFeed(wid, inbox, outbox.send, stage.prefetch)):
-        row.update(device=device, worker=slot)
-        writer.add(row)  # on disk before the parent hears of it: a finished row is never lost
-        outbox.send(("done", wid, row["key"], row.get("status") == "ok", stage.line(row)))
+    try:
+        for row in stage.process(QueueFeed(wid, inbox, outbox.send, stage.prefetch)):
+            row.update(device=device, worker=slot)
+            writer.add(row)  # on disk before the parent hears of it: a finished row is never lost
+            outbox.send(("done", wid, row["key"], row.get("status") == "ok", stage.line(row)))
+    except RunFault as exc:  # not the items' fault: the parent stops the run with this line
+        writer.close()
+        outbox.send(("abort", wid, one_line(str(exc))))
+        return
     writer.close()
     stage.close()
     outbox.send(("exit", wid))
@@ -292,6 +297,8 @@ class LocalExecutor:
             self._finish(worker, message[2], message[3], message[4])
         elif kind == "fatal":
             self._fatal(worker, message[2], message[3])
+        elif kind == "abort":
+            raise PoolError(message[2])
         elif kind == "exit":
             worker.done = True
 

@@ -27,7 +27,7 @@ import time
 from data.manifest import ManifestWriter
 from pool.devices import Placement, group_size
 from pool.progress import Progress, say
-from pool.stage import ExecutorOptions, FaultPolicy, ListFeed, Output, PoolError, Stage, Work
+from pool.stage import ExecutorOptions, FaultPolicy, ListFeed, Output, PoolError, RunFault, Stage, Work
 
 POLL_S = 5.0
 
@@ -70,9 +70,9 @@ class StageActor:
     def __call__(self, batch: dict) -> dict:
         items = [json.loads(text) for text in batch["item"]]
         try:
-            rows = list(self.stage.process(ListFeed(items)))
-        except Exception:  # noqa: BLE001 - find the item at fault: one at a time
-            rows = [self._one(item) for item in items]
+            rows = self._rows(items)
+        except RunFault as exc:  # not the items' fault: the driver stops the run with this line
+            return {"ack": [json.dumps({"abort": str(exc)})]}
         acks = []
         for row in rows:
             row.update(device=self.device, worker=self.slot)
@@ -80,9 +80,19 @@ class StageActor:
             acks.append(json.dumps([row["key"], row.get("status") == "ok", self.stage.line(row)]))
         return {"ack": acks}
 
+    def _rows(self, items: list[dict]) -> list[dict]:
+        try:
+            return list(self.stage.process(ListFeed(items)))
+        except RunFault:
+            raise
+        except Exception:  # noqa: BLE001 - find the item at fault: one at a time
+            return [self._one(item) for item in items]
+
     def _one(self, item: dict) -> dict:
         try:
             return list(self.stage.process(ListFeed([item])))[0]
+        except RunFault:
+            raise
         except Exception as exc:  # noqa: BLE001 - this item breaks the stage: its own failed row
             return self.stage.failed_row(item, f"{type(exc).__name__}: {exc}")
 
@@ -163,12 +173,17 @@ class RayExecutor:
         done: set[str] = set()
         try:
             for record in acks.iter_rows():
-                key, ok, line = json.loads(record["ack"])
+                ack = json.loads(record["ack"])
+                if isinstance(ack, dict):
+                    raise RunFault(ack["abort"])
+                key, ok, line = ack
                 done.add(key)
                 if line:
                     say(line)
                 if progress:
                     progress.row(0, ok)
+        except RunFault as exc:
+            raise PoolError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - every actor gone: what is left is retried or failed
             if not done:
                 raise PoolError(f"no Ray worker could process a batch: {exc}") from exc

@@ -21,7 +21,14 @@ import pyarrow as pa
 
 
 class PoolError(RuntimeError):
-    """No worker could start (bad model path, missing library...): the message says why."""
+    """No worker could start (bad model path, missing library...), or a stage stopped the run: the
+    message says why."""
+
+
+class RunFault(RuntimeError):
+    """An error of the setup or the environment, not of the item (a rejected API key, an endpoint that
+    does not serve the model): raised from `Stage.process`, it stops the run with its message as one
+    line. Rows already written stay; the items in flight get none, so a rerun does them."""
 
 
 class Feed(Protocol):

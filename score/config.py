@@ -52,7 +52,26 @@ class ScoreConfig:
     num_samples: int | None = _f(None, "score only this many samples")
     offset: int = _f(0, "skip this many samples first")
 
-    backend: Literal["vllm", "transformers"] = _f("vllm", "vllm (fast), or transformers generate (baseline)")
+    backend: Literal["vllm", "transformers", "openai"] = _f(
+        "vllm", "vllm replicas we load (fast), transformers generate (baseline), or openai: a judge behind an "
+                "OpenAI-compatible chat-completions API (OpenAI, Azure, vllm serve, SGLang) at --api-base")
+    api_base: str | None = _f(None, "--backend openai: the API's base URL (default https://api.openai.com/v1; "
+                                    "e.g. http://host:8000/v1 for vllm serve)")
+    api_key_env: str | None = _f(None, "--backend openai: the environment variable holding the API key (default "
+                                       "OPENAI_API_KEY; none needed for a local server). The key is never written")
+    concurrency: int = _f(32, "--backend openai: requests in flight at once")
+    request_timeout: float = _f(120.0, "--backend openai: seconds to wait for one answer before retrying it")
+    api_retries: int = _f(5, "--backend openai: retries of a request on 408/429/5xx/timeouts (exponential backoff "
+                             "with jitter, honouring Retry-After) before the sample is a failed row")
+    api_image_format: Literal["png", "jpeg"] = _f(
+        "png", "--backend openai: how images are sent (data URLs): png, lossless; jpeg, as GEdit-Bench's and "
+               "EditScore's GPT paths encode them (PIL's default quality)")
+    api_layout: Literal["reference", "images-first"] = _f(
+        "reference", "--backend openai: message layout. reference: the text, then the images, as the protocols' "
+                     "GPT paths send them; images-first: as the protocols ask judges they load (a Qwen judge "
+                     "behind vllm serve)")
+    price_in: float | None = _f(None, "--backend openai: price per million prompt tokens, for the run's cost")
+    price_out: float | None = _f(None, "--backend openai: price per million completion tokens, for the run's cost")
     replicas: int | None = _f(None, "judge replicas (default: visible GPUs / tp)")
     tp: int = _f(1, "tensor-parallel GPUs per replica")
     replicas_per_gpu: int = _f(1, "replicas sharing each GPU (or --tp group), each with its own front-end "
@@ -119,7 +138,8 @@ class ScoreConfig:
 
 
 RUNTIME_FIELDS = {
-    "output_dir", "gen_config", "gen_devices", "follow", "follow_timeout_s", "num_samples", "offset", "backend", "replicas", "tp", "gpus", "devices",
+    "output_dir", "gen_config", "gen_devices", "follow", "follow_timeout_s", "num_samples", "offset", "replicas", "tp", "gpus", "devices",
+    "api_base", "api_key_env", "concurrency", "request_timeout", "api_retries", "price_in", "price_out",
     "replicas_per_gpu",
     "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
     "preprocess_threads", "mm_processor_cache_gb", "batch_size", "kv_cache_gb", "print_samples", "write_txt",

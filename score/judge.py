@@ -140,7 +140,10 @@ class Judge:
 
     def sampling(self, api: bool = False) -> dict:
         """The protocol's sampling for this kind of judge, with the flags that were set on top."""
-        own = self.template.api_sampling if api else {**DEFAULT_SAMPLING, **self.template.sampling}
+        if api:  # a protocol's own API settings; else a bounded answer (an endpoint's default may be unbounded)
+            own = self.template.api_sampling if self.template.parser else {"max_tokens": DEFAULT_SAMPLING["max_tokens"]}
+        else:
+            own = {**DEFAULT_SAMPLING, **self.template.sampling}
         flags = {k: v for k, v in (("temperature", self.config.temperature), ("max_tokens", self.config.max_tokens))
                  if v is not None}
         return {**own, **flags}

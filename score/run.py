@@ -17,7 +17,8 @@ from data.rundir import COMPLETE, RunDirError
 from data.sources import Columns, InputError, only_categories
 from pool.devices import Placement, gpu_memory_gib, physical_gpus, place, require_fp8_gpus
 from pool.runner import RunSettings, StageSpec, run_stage
-from pool.stage import FaultPolicy, FixedWork, PoolError, Work
+from pool.stage import FaultPolicy, FixedWork, PoolError, RunFault, Work
+from score.api_backend import OpenAIStage, api_host, check_endpoint
 from score.config import RUNTIME_FIELDS, ScoreConfig
 from score.engine import VLLMStage
 from score.hf_backend import TransformersStage
@@ -29,7 +30,8 @@ from score.summary import print_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "configs" / "score_demo.yaml"
-STAGES = {"vllm": VLLMStage, "transformers": TransformersStage}
+STAGES = {"vllm": VLLMStage, "transformers": TransformersStage, "openai": OpenAIStage}
+OPENAI_BASE = "https://api.openai.com/v1"
 
 
 def start_gen(config: ScoreConfig) -> tuple[subprocess.Popen, str]:
@@ -82,6 +84,8 @@ def identity(config: ScoreConfig, template: Template | None = None) -> dict:
     """What makes scores comparable: the config's output-changing fields, the template version and the
     decoding mode it resolves to. Runs saved before `--decoding` existed decoded by schema."""
     fields = {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
+    if config.backend == "openai":  # the same model name at another endpoint is another judge
+        fields["api_host"] = api_host(config.api_base)
     if template is None:
         return {**fields, "decoding": "schema"}
     return {**fields, "template": f"{template.name} v{template.version}", "decoding": decoding(config, template)}
@@ -109,6 +113,9 @@ def print_prompts(template: Template, sample: dict) -> None:
 
 
 def placement(config: ScoreConfig) -> Placement:
+    if config.backend == "openai":  # the judge is elsewhere: one worker here keeps --concurrency requests going
+        return place(config.devices or ",".join(["cpu"] * (config.replicas or 1)), None, 1, None, 1,
+                     on_cluster=config.engine == "ray")
     return place(config.devices, config.gpus, config.tp, config.replicas, config.replicas_per_gpu,
                  on_cluster=config.engine == "ray")
 
@@ -197,7 +204,11 @@ def run(config: ScoreConfig) -> int:
             raise InputError(f"{input_path}: no samples to show prompts for")
         print_prompts(template, first)
         return 0
-    config = fit_context(config, template)
+    if config.backend == "openai":
+        config = dataclasses.replace(config, api_base=config.api_base or OPENAI_BASE)
+        check_endpoint(config)
+    else:
+        config = fit_context(config, template)
     where = placement(config)
     check_quantize(config, where.devices)
     check_memory(config, where.devices)
@@ -222,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                           default_config=str(DEMO_CONFIG))
     try:
         return run(config)
-    except (InputError, RunDirError, PoolError, ValueError, OSError) as exc:  # OSError: our own I/O (a full disk)
+    except (InputError, RunDirError, PoolError, RunFault, ValueError, OSError) as exc:  # OSError: our own I/O
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

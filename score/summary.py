@@ -74,6 +74,18 @@ def guess_line(scores: pd.DataFrame) -> str | None:
             "draws a random score where it cannot read an answer)")
 
 
+def tokens_line(frame: pd.DataFrame, price_in: float | None, price_out: float | None) -> str:
+    """The tokens the judge read and wrote for these rows (the API's usage, or the engine's counts), and
+    what they cost at the given prices per million."""
+    tokens_in = int(frame["prompt_tokens"].fillna(0).sum())
+    tokens_out = int(frame["output_tokens"].fillna(0).sum())
+    line = f"tokens: {tokens_in:,} in, {tokens_out:,} out"
+    if price_in is not None or price_out is not None:
+        cost = tokens_in / 1e6 * (price_in or 0) + tokens_out / 1e6 * (price_out or 0)
+        line += f"; cost {cost:,.4f} at {price_in or 0:g} / {price_out or 0:g} per million tokens in / out"
+    return line
+
+
 def print_summary(out: Path, samples: list[dict], config: ScoreConfig, template: Template) -> int:
     """Print the summary of this run's samples; returns the exit code."""
     table = read_manifest(out / "manifest")
@@ -87,6 +99,7 @@ def print_summary(out: Path, samples: list[dict], config: ScoreConfig, template:
             print(summary_table(frame).to_string(na_rep="-"))
         if guess_line(frame):
             print(guess_line(frame))
+        print(tokens_line(frame, config.price_in, config.price_out))
     print(f"scores: {(out / 'manifest').resolve()}")
     failed = int((frame["status"] == "failed").sum()) if len(frame) else 0
     if samples and failed == len(samples):

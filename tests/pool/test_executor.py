@@ -22,7 +22,7 @@ from data.manifest import ManifestReader, latest_of, recover
 from pool.devices import Placement
 from pool.progress import Progress
 from pool.runner import make_executor
-from pool.stage import ExecutorOptions, FaultPolicy, FixedWork, Output, PoolError, Stage, items_of
+from pool.stage import ExecutorOptions, FaultPolicy, FixedWork, Output, PoolError, RunFault, Stage, items_of
 
 SCHEMA = pa.schema([("key", pa.string()), ("attempt", pa.int32()), ("status", pa.string()), ("error", pa.string()),
                     ("device", pa.string()), ("worker", pa.int32()), ("pid", pa.int64())])
@@ -50,6 +50,8 @@ class SleepStage(Stage):
                 os.kill(os.getpid(), signal.SIGKILL)
             if item["key"] in self.config.get("always_die_on", ()):
                 os.kill(os.getpid(), signal.SIGKILL)
+            if item["key"] in self.config.get("fault_on", ()):
+                raise RunFault(f"the endpoint refused our key at {item['key']}")
             time.sleep(self.config.get("seconds", 0.0))
             yield {"key": item["key"], "attempt": item["attempt"], "status": "ok", "pid": os.getpid()}
 
@@ -63,6 +65,22 @@ def run_pool(stage: Stage, n_items: int, devices: list[str], executor: str = "lo
         stage, work, Output(str(folder), SCHEMA), Progress(0, "none"))
     recover(folder, SCHEMA)
     return ManifestReader(folder).rows()
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_run_fault_ends_the_run_with_its_line_and_charges_no_item(tmp_path, executor):
+    """Not an item's fault (a revoked key): no failed row, no restart, no bisection; the run stops with
+    the stage's own line, and the rows written before stay."""
+    stage = SleepStage(dir=str(tmp_path), fault_on=("k5",))
+    started = time.monotonic()
+    with pytest.raises(PoolError, match="^the endpoint refused our key at k5$"):
+        run_pool(stage, 12, ["cpu"], executor)
+    recover(tmp_path / "manifest", SCHEMA)
+    rows = ManifestReader(tmp_path / "manifest").rows()
+    assert {r["status"] for r in rows} <= {"ok"} and "k5" not in {r["key"] for r in rows}
+    if executor == "local":
+        assert {r["key"] for r in rows} == {f"k{i}" for i in range(5)}  # one worker, in order: those before it
+    assert time.monotonic() - started < 120
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])

@@ -100,8 +100,11 @@ def test_editscore_parser_is_upstreams(upstream_editscore, give_up, capsys):
 
 # ---- what a judge makes of the readings: re-asks, failed rows, guesses counted -------------------
 
+REAL_JUDGE = "Qwen/Qwen3-VL-8B-Instruct"  # a real judge's name: free decoding by default (tiny random ones: schema)
+
+
 def _judge(template, **config) -> tuple[Judge, Prepared]:
-    judge = Judge(ScoreConfig(**config), template, tokenizer=None)
+    judge = Judge(ScoreConfig(**{"model": REAL_JUDGE, **config}), template, tokenizer=None)
     requests = [Request(q.name, "", [], None) for q in template.questions]
     return judge, Prepared({"key": "k", "index": 0, "attempt": 1}, requests)
 

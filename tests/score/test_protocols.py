@@ -22,6 +22,7 @@ from score.judge import Judge
 from score.templates import TEMPLATES, editscore_edit, protocol_template
 
 INSTRUCTION = "把天空变成橙色的日落 (make the sky an orange sunset)"
+REAL_JUDGE = "Qwen/Qwen3-VL-8B-Instruct"  # a real judge's name: free decoding by default (tiny random ones: schema)
 
 # sha256 of each verbatim upstream text (score/protocol_text.py) ...
 TEXT_SHA256 = {
@@ -111,7 +112,7 @@ def test_viescore_is_asked_as_gedit_bench_asks_it():
     # images: edit SC sees [source, edited], PQ the edited image alone (image_prompts[-1])
     assert [q.images for q in edit.questions] == [("source", "image"), ("image",)]
     assert edit.system is None and edit.reasks == 1 and edit.resize_to_source and edit.parser == "viescore"
-    judge = Judge(ScoreConfig(), edit, tokenizer=None)
+    judge = Judge(ScoreConfig(model=REAL_JUDGE), edit, tokenizer=None)
     # qwen25vl_eval.py: greedy, max_new_tokens 512; mllm_tools/openai.py: max_tokens 1400, no temperature
     assert judge.sampling() == {"temperature": 0.0, "max_tokens": 512}
     assert judge.sampling(api=True) == {"max_tokens": 1400}
@@ -141,11 +142,12 @@ def test_each_pass_is_seeded_as_upstream(tmp_path):
     from score.engine import VLLMStage
 
     src, out = shape_image(tmp_path / "s.png", (200, 0, 0)), shape_image(tmp_path / "o.png", (0, 0, 200))
-    judge = Judge(ScoreConfig(protocol="editscore", num_pass=3), editscore_edit(num_pass=3), tokenizer=None)
+    config = ScoreConfig(model=REAL_JUDGE, protocol="editscore", task="edit", num_pass=3)
+    judge = Judge(config, editscore_edit(num_pass=3), tokenizer=None)
     prepared = judge.prepare({"key": "k", "source_image": str(src), "image_path": str(out), "prompt": "p"})
     assert [(r.question, r.seed) for r in prepared.requests] == [
         ("sc#0", 42), ("pq#0", 42), ("sc#1", 43), ("pq#1", 43), ("sc#2", 44), ("pq#2", 44)]
-    stage = VLLMStage(ScoreConfig(protocol="editscore", task="edit", num_pass=3))
+    stage = VLLMStage(config)
     params = [stage._params(judge, r) for r in prepared.requests]
     assert [p.seed for p in params] == [42, 42, 43, 43, 44, 44]
     assert {(p.temperature, p.top_p, p.top_k, p.max_tokens) for p in params} == {(0.7, 0.9, 20, 512)}
