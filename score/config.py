@@ -38,6 +38,8 @@ class ScoreConfig:
                 "the question's JSON schema by vLLM's grammar engine (our own templates; tiny random judges). auto: "
                 "free for viescore and editscore, schema otherwise and for the tiny random judges tiny:qwen3vl / "
                 "tiny:qwen25vl")
+    reask: bool = _f(True, "ask an unreadable answer's questions again as the protocol does (--no-reask: once "
+                           "only, e.g. a throughput benchmark with random weights)")
     judge_lora: str | None = _f(None, "a LoRA adapter of the judge (folder or hub id, safetensors), served through "
                                       "vLLM's LoRA support, e.g. EditScore's released judges")
     template_file: str | None = _f(None, "custom template YAML (task custom)")

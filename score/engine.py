@@ -91,7 +91,10 @@ class VLLMStage(ScoreStage):
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
         self.lora = self._lora_request()
-        print(f"genscore: vLLM imported in {imported - started:.1f} s, engine up in {time.time() - imported:.1f} s",
+        scheduler = self.engine.vllm_config.scheduler_config
+        print(f"genscore: vLLM imported in {imported - started:.1f} s, engine up in {time.time() - imported:.1f} s "
+              f"(async scheduling {'on' if getattr(scheduler, 'async_scheduling', False) else 'off'}, "
+              f"max_num_batched_tokens {scheduler.max_num_batched_tokens}, max_model_len {self.config.max_model_len})",
               file=sys.stderr, flush=True)
         self.window = config.window or 2 * (max_num_seqs(config, device) or 512)
         self.prefetch = self.window

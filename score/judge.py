@@ -221,7 +221,7 @@ class Judge:
         """True when the answers cannot be read and the protocol asks both questions again; the
         caller then sends the same requests once more."""
         reading = self.read(prepared, texts)
-        if reading.error is None or not reading.retry or prepared.asks > self.template.reasks:
+        if reading.error is None or not reading.retry or prepared.asks > self.template.reasks or not self.config.reask:
             return False
         prepared.asks += 1
         return True

@@ -1,29 +1,30 @@
-"""EditScore side by side: its own `EditScore.batch_evaluate` against `score.run --protocol editscore`
-on the same edit pairs and model shape (dummy weights), in one job.
+"""The judging protocols end to end on one GPU, free against schema decoding, and EditScore 0.2 as its
+users run it, on the same edit pairs and model shape (dummy weights), in one job.
 
-    python benchmarks/editscore_bench.py --pairs 512 --size 512 --shape 8b --modes editscore,matched,ours
+    python benchmarks/protocol_bench.py --pairs 256 --size 512 --shape 8b \
+        --modes es_schema,es_free_eq,editscore,es_free_vs_editscore,vie_schema,vie_free
 
 Workload: `--pairs` edit pairs, each a distinct source and a distinct edited PNG of `--size`², and an
-instruction; EditScore's two questions per pair (prompt following with both images, quality with the
-edited one), 1 pass.
-- editscore: `EditScore(backbone="qwen3vl_vllm", model_name_or_path=MODEL)` with its defaults
-             (max_model_len 1536, max_num_seqs 32, max_num_batched_tokens 1536, prefix caching,
-             temperature 0.7, top_p 0.9, top_k 20, 512 tokens), then one `batch_evaluate` over every pair,
-             PIL images in memory: how its users run it. The only change: its `LLM` is given
-             load_format="dummy" (random weights at the real size; no download).
-- matched:   the same with our engine limits (max_model_len 4096, max_num_seqs 256,
-             max_num_batched_tokens 8192): what its settings cost.
-- ours:      `score.run --task edit --protocol editscore` over a JSONL of the same pairs (images read
-             from disk, rows written as they finish).
-- ours_free: the same questions word for word as a custom template without a schema (free text, as
-             EditScore decodes), every answer exactly 512 tokens (--ignore-eos), temperature 0.7: the
-             same tokens per pair as EditScore's runs, so its output tokens/s compares with theirs
-             directly and, against `ours`, shows what the schema-bound decoding costs.
-- ours_xgrammar: `ours` with `--structured-backend xgrammar` instead of guidance.
-Random weights answer at random: EditScore's free text runs to its 512-token limit, while ours stops
-where the JSON answer (schema-bound reasoning, capped) closes. So each mode reports output tokens per
-pair beside images/s, and output tokens/s, which does not depend on answer length.
-Prints a JSON line after each mode (the last one has everything). Needs a GPU, vLLM, and the `editscore`, `qwen-vl-utils`, `peft` packages.
+instruction; the protocol's two questions per pair (SC with both images, PQ with the edited one), 1 pass.
+Random weights never write a readable answer, so decoding modes compare in output tokens/s and answer
+lengths are forced where the comparison needs them equal (tokens/s grows with answer length):
+- es_schema:   `score.run --protocol editscore --decoding schema` (the JSON grammar; its answers close
+               where the grammar lets them: the capped reasoning, then the scores).
+- es_free_eq:  `--protocol editscore --decoding free`, every answer exactly es_schema's mean length
+               (--ignore-eos), one ask: the same tokens as es_schema, without the grammar.
+- editscore:   `EditScore(backbone="qwen3vl_vllm", model_name_or_path=MODEL)` with its defaults
+               (max_model_len 1536, max_num_seqs 32, max_num_batched_tokens 1536, prefix caching,
+               temperature 0.7, top_p 0.9, top_k 20, 512 tokens), then one `batch_evaluate` over every
+               pair, PIL images in memory: how its users run it. The only change: its `LLM` is given
+               load_format="dummy" (random weights at the real size; no download).
+- matched:     the same with our engine limits (max_model_len 4096, max_num_seqs 256, max_num_batched_tokens 8192).
+- es_free_vs_editscore: `--protocol editscore` as published (free), every answer exactly EditScore's mean
+               length in its own run (--ignore-eos), one ask (its batch_evaluate asks once): pairs/s at equal work.
+- vie_schema / vie_free: `--protocol viescore`, the default edit protocol, end to end with each decoding at
+               its natural lengths (free: re-asks as the protocol does, since random text never parses).
+Each mode reports pairs/s, output tokens per pair and per second, start-up and GPU busy; prints a JSON line
+after each mode (the last one has everything). Needs a GPU, vLLM, and the `editscore`, `qwen-vl-utils`,
+`peft` packages for the `editscore` modes.
 """
 
 from __future__ import annotations
@@ -87,10 +88,12 @@ def run_editscore(model: str, pairs: Path, monitor: Monitor, engine: dict | None
     llm.llm_engine.engine_core.shutdown()
     backend.LLM = real_llm
     return {"images_per_s": len(results) / elapsed, "output_tokens_per_pair": tokens / len(results),
-            "output_tokens_per_s": tokens / elapsed, "startup_s": startup, **monitor.span(t0, t0 + elapsed)}
+            "output_tokens_per_s": tokens / elapsed, "answer_tokens": tokens / len(counts), "startup_s": startup,
+            **monitor.span(t0, t0 + elapsed)}
 
 
 def run_ours(model: str, pairs: Path, out: Path, monitor: Monitor, device: str, **overrides) -> dict:
+    """score.run on the pairs (protocol editscore unless overridden); answers per pair from the rows."""
     import pandas as pd
 
     from score.config import ScoreConfig
@@ -105,26 +108,11 @@ def run_ours(model: str, pairs: Path, out: Path, monitor: Monitor, device: str, 
     frame = pd.read_parquet(out / "manifest")
     first, last = frame["started_at"].min(), (frame["started_at"] + frame["duration_s"]).max()
     tokens = frame["output_tokens"].fillna(0).sum()
+    asks = frame["asks"].fillna(1).mean()
     return {"exit": code, "ok": int((frame["status"] == "ok").sum()), "images_per_s": len(frame) / (last - first),
             "output_tokens_per_pair": tokens / len(frame), "output_tokens_per_s": tokens / (last - first),
+            "answer_tokens": tokens / len(frame) / 2 / asks, "asks_per_pair": asks,
             "startup_s": wall - (last - first), **monitor.span(first, last)}
-
-
-def free_template(folder: Path) -> Path:
-    """EditScore's two questions, word for word, as a custom template with no schema: free text, as
-    EditScore itself decodes (for `ours_free`)."""
-    import yaml
-
-    from score.templates import editscore_edit
-
-    def text(question) -> str:
-        return question.text.replace("{", "{{").replace("}", "}}").replace(question.placeholder, "{prompt}")
-
-    spec = {"name": "editscore-free", "version": 1, "system": None,
-            "questions": [{"name": q.name, "text": text(q), "images": list(q.images)} for q in editscore_edit().questions]}
-    path = folder / "editscore_free.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def main() -> None:
@@ -133,7 +121,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--shape", default="8b", choices=sorted(SHAPES))
     parser.add_argument("--device", default="cuda:0")
-    parser.add_argument("--modes", default="editscore,matched,ours")
+    parser.add_argument("--modes", default="es_schema,es_free_eq,editscore,es_free_vs_editscore,vie_schema,vie_free")
     parser.add_argument("--model", default=None, help="a model folder instead of the shape (tiny:qwen3vl on CPU "
                                                       "for a smoke run)")
     args = parser.parse_args()
@@ -143,31 +131,36 @@ def main() -> None:
     model = resolve_model(args.model) if args.model else str(
         build_model_dir(Path.home() / ".cache" / "genscore-bench" / f"qwen3-vl-{args.shape}-shape", shape=args.shape))
     pairs = write_pairs(work / "images", args.pairs, args.size)
-    result: dict = {"workload": f"EditScore protocol, {args.pairs} pairs of {args.size}px images, 1 pass",
+    result: dict = {"workload": f"edit protocols, {args.pairs} pairs of {args.size}px images, 1 pass",
                     "model": args.model or f"qwen3-vl-{args.shape} shape, dummy weights"}
     modes = args.modes.split(",")
     monitor = Monitor()
+    ours = functools.partial(run_ours, model, pairs, monitor=monitor, device=args.device)
+    equal = dict(decoding="free", ignore_eos=True, reask=False)  # a forced length, one ask
     try:
         for mode in modes:  # a line per mode as it ends: a run cut short still reports what it measured
-            if mode == "ours":
-                result["ours"] = run_ours(model, pairs, work / "ours", monitor, args.device)
-            elif mode == "ours_free":
-                result["ours_free"] = run_ours(model, pairs, work / "ours_free", monitor, args.device,
-                                               task="custom", template_file=str(free_template(work)),
-                                               ignore_eos=True, max_tokens=512, temperature=0.7)
-            elif mode == "ours_xgrammar":
-                result["ours_xgrammar"] = run_ours(model, pairs, work / "ours_xg", monitor, args.device,
-                                                   structured_backend="xgrammar")
+            out = work / mode
+            if mode == "es_schema":
+                result[mode] = ours(out, decoding="schema")
+            elif mode == "es_free_eq":
+                result[mode] = ours(out, max_tokens=round(result["es_schema"]["answer_tokens"]), **equal)
             elif mode == "editscore":
-                result["editscore"] = run_editscore(model, pairs, monitor)
+                result[mode] = run_editscore(model, pairs, monitor)
             elif mode == "matched":
-                result["editscore_matched"] = run_editscore(model, pairs, monitor, MATCHED)
+                result[mode] = run_editscore(model, pairs, monitor, MATCHED)
+            elif mode == "es_free_vs_editscore":
+                result[mode] = ours(out, max_tokens=round(result["editscore"]["answer_tokens"]), **equal)
+            elif mode in ("vie_schema", "vie_free"):
+                result[mode] = ours(out, protocol="viescore", decoding=mode.removeprefix("vie_"))
             print(json.dumps(result), flush=True)
     finally:
         monitor.close()
-    for base in ("editscore", "editscore_matched"):
-        if "ours" in result and base in result:
-            result[f"ours_vs_{base}"] = result["ours"]["images_per_s"] / result[base]["images_per_s"]
+    ratios = {"free_vs_schema_tokens_per_s": ("es_free_eq", "es_schema", "output_tokens_per_s"),
+              "free_vs_editscore_pairs_per_s": ("es_free_vs_editscore", "editscore", "images_per_s"),
+              "vie_free_vs_schema_tokens_per_s": ("vie_free", "vie_schema", "output_tokens_per_s")}
+    for name, (a, b, key) in ratios.items():
+        if a in result and b in result:
+            result[name] = result[a][key] / result[b][key]
     print(json.dumps(result), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
