@@ -120,6 +120,18 @@ def placement(config: ScoreConfig) -> Placement:
                  on_cluster=config.engine == "ray")
 
 
+def check_lora(config: ScoreConfig) -> None:
+    """A judge LoRA in a local folder loads from safetensors only (a pickled .bin runs code when loaded)."""
+    if not config.judge_lora:
+        return
+    if config.backend != "vllm":
+        raise ValueError("--judge-lora is served by vLLM's LoRA support: use it with --backend vllm")
+    folder = Path(resolve_model(config.judge_lora))
+    if folder.is_dir() and not (folder / "adapter_model.safetensors").is_file():
+        raise ValueError(f"--judge-lora {config.judge_lora}: no adapter_model.safetensors there (a judge LoRA loads "
+                         "from safetensors only, never a pickled .bin)")
+
+
 def check_quantize(config: ScoreConfig, devices: list[str] | None) -> None:
     if config.quantize == "none":
         return
@@ -210,6 +222,7 @@ def run(config: ScoreConfig) -> int:
     else:
         config = fit_context(config, template)
     where = placement(config)
+    check_lora(config)
     check_quantize(config, where.devices)
     check_memory(config, where.devices)
     spec = StageSpec("score", STAGES[config.backend](replica_config(config), task), SCORE_SCHEMA, to_dict(config),

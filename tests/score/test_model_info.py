@@ -2,7 +2,7 @@
 
 import pytest
 
-from score.model_info import check_fits, context_length, estimate_parameters
+from score.model_info import check_fits, context_length, estimate_parameters, image_tokens, processor_pixels
 
 # Qwen/Qwen3-VL-30B-A3B-Instruct's config.json (the seeds' judge): 48 layers, 128 experts, 8 active
 TEXT_30B = dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=48, num_attention_heads=32,
@@ -42,3 +42,31 @@ def test_context_length_follows_the_judge(tiny_models):
     assert length == 4096 and "above the judge's limit (4096 positions)" in note
     assert context_length(tiny, 2048) == (2048, None)
     assert context_length("no-such-org/no-such-judge", None) == (8192, None)  # unknown here: vLLM decides
+
+
+def test_context_fits_two_images_at_the_protocols_pixel_range(tiny_models, tmp_path):
+    import json
+
+    from score.config import ScoreConfig
+    from score.run import fit_context
+    from score.templates import TEMPLATES
+
+    # the tiny judge's own processor: 1,024..65,536 pixels at multiples of 32 -> at most 64 tokens an image
+    tiny = str(tiny_models["qwen3vl"])
+    assert processor_pixels(tiny) == (1024, 65536, 32) and image_tokens(tiny, 12845056) == 64
+    # Qwen3-VL-8B's own files: qwen-vl-utils' 12,845,056 pixels are 12,544 tokens; two images, the prompt and
+    # 512 answer tokens need 26,624 positions, within its 262,144
+    judge = tmp_path / "qwen3-vl-8b"
+    judge.mkdir()
+    (judge / "config.json").write_text(json.dumps({"model_type": "qwen3_vl", "text_config": {
+        "max_position_embeddings": 262144}}))
+    (judge / "preprocessor_config.json").write_text(json.dumps({
+        "size": {"longest_edge": 16777216, "shortest_edge": 65536}, "patch_size": 16, "merge_size": 2}))
+    config = ScoreConfig(model=str(judge), task="edit")
+    assert fit_context(config, TEMPLATES["viescore-edit"]).max_model_len == 2 * 12544 + 1024 + 512
+    # a judge whose limit is lower: its limit, and one line saying what falls short
+    (judge / "config.json").write_text(json.dumps({"model_type": "qwen3_vl", "text_config": {
+        "max_position_embeddings": 16384}}))
+    length, note = context_length(str(judge), None, 26112)
+    assert length == 16384 and "need 26112 positions, above the judge's limit (16384)" in note
+    assert "lower --max-pixels" in note

@@ -82,3 +82,15 @@ def test_fp8_is_refused_before_any_work(tmp_path, tiny_models):
     hf = run_cli("score.run", *common, "--output-dir", str(tmp_path / "s2"), "--backend", "transformers", check=False)
     assert hf.returncode == 2 and "use it with --backend vllm" in hf.stderr
     assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
+
+
+def test_a_pickled_judge_lora_is_refused_before_any_worker_starts(tmp_path, tiny_models):
+    lora = tmp_path / "lora"
+    shutil.copytree(tiny_models["qwen3vl-lora"], lora)
+    (lora / "adapter_model.safetensors").rename(lora / "adapter_model.bin")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"image": shape_image(tmp_path / "a.png", (9, 9, 9)).name,
+                                               "prompt": "p"}])
+    proc = run_cli("score.run", *VLLM, "--input", str(src), "--output-dir", str(tmp_path / "s"), "--devices", "cpu",
+                   "--judge-lora", str(lora), check=False)
+    assert proc.returncode == 2 and "no adapter_model.safetensors there" in proc.stderr
+    assert not (tmp_path / "s" / "manifest").exists()
