@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--shape", default="8b", choices=sorted(SHAPES))
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--modes", default="es_schema,es_free_eq,editscore,es_free_vs_editscore,vie_schema,vie_free")
+    parser.add_argument("--editscore-answer-tokens", type=float, default=None,
+                        help="es_free_vs_editscore without the editscore mode in this job: EditScore's mean answer "
+                             "length measured in an earlier job on the same machine")
     parser.add_argument("--model", default=None, help="a model folder instead of the shape (tiny:qwen3vl on CPU "
                                                       "for a smoke run)")
     args = parser.parse_args()
@@ -149,7 +152,8 @@ def main() -> None:
             elif mode == "matched":
                 result[mode] = run_editscore(model, pairs, monitor, MATCHED)
             elif mode == "es_free_vs_editscore":
-                result[mode] = ours(out, max_tokens=round(result["editscore"]["answer_tokens"]), **equal)
+                length = result["editscore"]["answer_tokens"] if "editscore" in result else args.editscore_answer_tokens
+                result[mode] = ours(out, max_tokens=round(length), **equal)
             elif mode in ("vie_schema", "vie_free"):
                 result[mode] = ours(out, protocol="viescore", decoding=mode.removeprefix("vie_"))
             print(json.dumps(result), flush=True)

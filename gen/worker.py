@@ -21,7 +21,7 @@ from data.manifest import GEN_SCHEMA, empty_row
 from data.models import resolve_model
 from gen.config import GenConfig
 from gen.pipeline import Params, TaskAdapter, apply_loras, load_pipeline, parse_lora, speed_up
-from pool.stage import Feed, Stage
+from pool.stage import Feed, Stage, environment_fault
 
 
 def image_name(key: str, seed: int) -> str:
@@ -120,6 +120,9 @@ class GenStage(Stage):
                 for row, output in zip(ready, outputs):
                     self._save(row, output)
             except Exception as exc:  # noqa: BLE001 - out of memory, pipeline errors: failed rows
+                fault = environment_fault(exc)
+                if fault:  # a full disk, a lost GPU: no sample's fault, so none is charged with it
+                    raise fault from exc
                 _free_memory(exc)
                 call_failed = True
                 for row in ready:
@@ -138,7 +141,11 @@ class GenStage(Stage):
         pixels = (np.clip(output, 0, 1) * 255).round().astype(np.uint8)
         name = image_name(row["key"], row["seed"])
         tmp = self.images_dir / f".{name}.tmp"
-        Image.fromarray(pixels).save(tmp, format="PNG")
+        try:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+        except OSError as exc:  # PIL's errors do not say which file: a full disk's message should
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
         os.replace(tmp, self.images_dir / name)  # a reader never sees half an image
         row.update(status="ok", image_path=f"images/{name}", height=pixels.shape[0], width=pixels.shape[1])
 

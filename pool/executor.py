@@ -33,7 +33,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from multiprocessing.connection import Connection, wait
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,7 +43,7 @@ from data.manifest import ManifestWriter
 from data.rundir import file_lock
 from pool.devices import Placement, local_device, process_env
 from pool.progress import Progress, say
-from pool.stage import ExecutorOptions, FaultPolicy, Output, PoolError, RunFault, Stage, Work
+from pool.stage import ExecutorOptions, FaultPolicy, Output, PoolError, RunFault, Stage, Work, environment_fault
 
 POLL_S = 2.0  # how often a run that follows another looks for new items
 
@@ -147,13 +147,14 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     try:
         for row in stage.process(QueueFeed(wid, inbox, outbox.send, stage.prefetch)):
             row.update(device=device, worker=slot)
-            writer.add(row)  # on disk before the parent hears of it: a finished row is never lost
+            _write(writer, row)  # on disk before the parent hears of it: a finished row is never lost
             outbox.send(("done", wid, row["key"], row.get("status") == "ok", stage.line(row)))
-    except RunFault as exc:  # not the items' fault: the parent stops the run with this line
         writer.close()
+    except RunFault as exc:  # not the items' fault: the parent stops the run with this line
+        with suppress(OSError):
+            writer.close()
         outbox.send(("abort", wid, one_line(str(exc))))
         return
-    writer.close()
     stage.close()
     outbox.send(("exit", wid))
     # Every row is on disk and the parent told: skip the interpreter's teardown of torch, vLLM and
@@ -163,6 +164,14 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _write(writer: ManifestWriter, row: dict) -> None:
+    """A row into the worker's journal; a journal that cannot be written is the machine's fault."""
+    try:
+        writer.add(row)
+    except OSError as exc:
+        raise environment_fault(exc) or RunFault(f"cannot write rows to {writer.folder}: {exc}") from None
 
 
 def one_line(message: str, limit: int = 400) -> str:

@@ -12,6 +12,7 @@ follows another (`score.run --follow`) hands over rows as they land.
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +28,25 @@ class PoolError(RuntimeError):
 
 class RunFault(RuntimeError):
     """An error of the setup or the environment, not of the item (a rejected API key, an endpoint that
-    does not serve the model): raised from `Stage.process`, it stops the run with its message as one
-    line. Rows already written stay; the items in flight get none, so a rerun does them."""
+    does not serve the model, a full disk): raised from `Stage.process`, it stops the run with its
+    message as one line. Rows already written stay; the items in flight get none, so a rerun does them."""
+
+
+# The machine's, not the sample's: a full disk, a quota, a read-only or failing disk, a file-size limit.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
+def environment_fault(exc: BaseException) -> RunFault | None:
+    """The RunFault an exception amounts to when it is the environment's (see ENVIRONMENT_ERRNOS, and a
+    GPU left in an error state, after which every call fails), else None: the item's own error."""
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return RunFault(f"{exc.strerror or exc}{where}: the machine's fault, not a sample's; free the space or lift "
+                        "the limit and run the same command again to finish the rest")
+    text = str(exc)
+    if "CUDA error" in text and "out of memory" not in text:  # sticky: the context is lost until the process ends
+        return RunFault(f"the GPU is in an error state ({text.splitlines()[0]}); run the same command again")
+    return None
 
 
 class Feed(Protocol):

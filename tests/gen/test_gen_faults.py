@@ -17,6 +17,7 @@ from gen.config import GenConfig
 from gen.run import run
 from gen.worker import GenStage
 from helpers import final_rows, run_cli, start_cli, wait_until, write_jsonl
+from pool.stage import PoolError
 
 T2I = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
        "--progress", "none"]
@@ -158,3 +159,32 @@ def test_fp8_on_a_cpu_is_refused_before_any_work(tmp_path, tiny_models):
                    "cpu,cpu", "--quantize", "fp8", check=False)
     assert proc.returncode == 2 and "--quantize fp8 runs on GPUs only" in proc.stderr and "cpu, cpu" in proc.stderr
     assert not (tmp_path / "run" / "manifest").exists()
+
+
+class FullDiskStage(GenStage):
+    """GenStage whose image writes meet a file-size limit below one PNG: each fails for real with EFBIG,
+    as on a full disk with ENOSPC. The limit holds only while an image is written (the worker's log,
+    perhaps the test runner's capture file, must stay writable)."""
+
+    def _save(self, row: dict, output) -> None:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, limit[1]))
+        try:
+            super()._save(row, output)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+
+
+def test_a_full_disk_stops_the_run_and_charges_no_sample(tmp_path, tiny_models):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"p{i}", "prompt": f"a red circle {i}"} for i in range(4)])
+    config = GenConfig(input=str(src), output_dir=str(tmp_path / "run"), steps=2, height=32, width=32,
+                       true_cfg_scale=1.0, devices="cpu", batch_size=2, progress="none")
+    with pytest.raises(PoolError, match=r"^File too large \(.*/images/\..*\.png\.tmp\): the machine's fault"):
+        run(config, stage=FullDiskStage)
+    manifest = tmp_path / "run" / "manifest"
+    assert not list(manifest.glob("*.parquet")) and not list(manifest.glob(".journal-*"))  # no sample charged
+    assert run(config) == 0  # the same command with room on disk finishes every sample
+    assert (final_rows(tmp_path / "run")["status"] == "ok").all()
+    assert_clean(tmp_path / "run", 4)
