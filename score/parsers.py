@@ -79,11 +79,22 @@ def _is_int_between_0_and_10(s: str) -> bool:
         return False
 
 
-def _json_span(text: str) -> tuple[int, int] | Parsed:
-    """Where the answer's JSON is: between the two delimiters, else from the first '{' to the last '}'."""
+def _json_text(text: str, guess_without_object: bool) -> str | Parsed:
+    """The answer's JSON as both references find it: between two delimiters, else from the first '{' to
+    the last '}', else a bare `[a, b]` list or number made into an object; with `guess_without_object`
+    (VIEScore giving up) an answer without an object is where upstream guesses."""
     if text.count(DELIMITER) == 2:
-        return text.find(DELIMITER) + len(DELIMITER), text.rfind(DELIMITER)
-    return text.find("{"), text.rfind("}") + 1
+        start, end = text.find(DELIMITER) + len(DELIMITER), text.rfind(DELIMITER)
+    else:
+        start, end = text.find("{"), text.rfind("}") + 1
+        if start == -1 or end == 0:
+            if guess_without_object:  # upstream: random.randint(0, 10)
+                return Parsed("guess", reason=f"no JSON object in the answer: {text[:80]!r}")
+            bare = _bare_scores(text, text.find("["), text.rfind("]") + 1)
+            return json.dumps(bare.answer) if bare.status == "ok" else bare
+    if start == -1 or end == -1 or start == end:
+        return Parsed("retry", reason="the delimiters were not found correctly in the answer")
+    return text[start:end].strip().replace("\n", "")
 
 
 def _bare_scores(text: str, start: int, end: int) -> Parsed:
@@ -118,19 +129,9 @@ def viescore_fix_json(input_str: str) -> str:
 
 def viescore_parse(text: str, give_up: bool = False) -> Parsed:
     """viescore/utils.py `mllm_output_to_dict(text, give_up_parsing=give_up)`."""
-    start, end = _json_span(text)
-    if text.count(DELIMITER) != 2 and (start == -1 or end == 0):
-        start, end = text.find("["), text.rfind("]") + 1
-        if give_up:  # upstream: random.randint(0, 10)
-            return Parsed("guess", reason=f"no JSON object in the answer: {text[:80]!r}")
-        bare = _bare_scores(text, start, end)
-        if bare.status != "ok":
-            return bare
-        text = json.dumps(bare.answer)
-        start, end = 0, len(text)
-    if start == -1 or end == -1 or start == end:
-        return Parsed("retry", reason="the delimiters were not found correctly in the answer")
-    json_str = text[start:end].strip().replace("\n", "")
+    json_str = _json_text(text, guess_without_object=give_up)
+    if isinstance(json_str, Parsed):
+        return json_str
     try:
         data = json.loads(json_str)
         if not isinstance(data["score"], list):
@@ -216,17 +217,10 @@ def editscore_parse(text: str, give_up: bool = False) -> Parsed:
     text = text.strip()
     if give_up or text == EDITSCORE_REFUSAL:  # upstream: [randint(0, range)] * 2
         return Parsed("guess", reason=f"EditScore guesses here: {text[:80]!r}")
-    start, end = _json_span(text)
-    if text.count(DELIMITER) != 2 and (start == -1 or end == 0):
-        start, end = text.find("["), text.rfind("]") + 1
-        bare = _bare_scores(text, start, end)
-        if bare.status != "ok":
-            return bare
-        text = json.dumps(bare.answer)
-        start, end = 0, len(text)
-    if start == -1 or end == -1 or start == end:
-        return Parsed("retry", reason="the delimiters were not found correctly in the answer")
-    json_str = _normalize_quotes(text[start:end].strip().replace("\n", ""))
+    json_str = _json_text(text, guess_without_object=False)
+    if isinstance(json_str, Parsed):
+        return json_str
+    json_str = _normalize_quotes(json_str)
     try:
         data = json.loads(json_str)
         if not isinstance(data["score"], list):
