@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -127,7 +128,7 @@ def latest_rows(frame):
     return frame.sort_values(["key", "attempt"]).drop_duplicates("key", keep="last").reset_index(drop=True)
 
 
-SYNC_EVERY_S = 1.0  # journal appends reach the disk at least this often: a host crash costs at most that
+SYNC_EVERY_S = 1.0  # a journaled row reaches the disk within this: a host crash costs at most that
 
 
 def _read_shard(path: Path) -> pa.Table | None:
@@ -140,6 +141,14 @@ def _read_shard(path: Path) -> pa.Table | None:
     except (pa.ArrowException, OSError) as exc:
         print(f"warning: skipping unreadable shard {path} ({exc}); its samples will be redone", file=sys.stderr)
         return None
+
+
+def open_new(path: Path, mode: str = "wb"):
+    """A file created anew for writing: an existing file, or a symbolic link planted under that name in a
+    shared folder, is removed first (the link, never what it points to), and the create is exclusive, so
+    our writes never follow a link elsewhere."""
+    path.unlink(missing_ok=True)
+    return open(path, mode.replace("w", "x"), encoding=None if "b" in mode else "utf-8")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -163,20 +172,29 @@ class ManifestWriter:
         self._seq = 0
         self._rows: list[dict] = []
         self._journal_path = self.folder / f".journal-{self.tag}.jsonl"
-        self._journal = open(self._journal_path, "a", encoding="utf-8")
-        self._synced_at = time.monotonic()
+        self._journal = open_new(self._journal_path, "w")
+        self._lock = threading.Lock()  # the sync timer's thread and ours
+        self._sync: threading.Timer | None = None
 
     def add(self, row: dict) -> None:
         row = {name: row.get(name) for name in self.schema.names}
-        # One write per line: a kill leaves at most one partial last line, which recovery skips.
-        self._journal.write(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n")
-        self._journal.flush()  # a killed process loses nothing from here on; a host crash needs the fsync
-        if time.monotonic() - self._synced_at >= SYNC_EVERY_S:
-            os.fsync(self._journal.fileno())
-            self._synced_at = time.monotonic()
+        with self._lock:
+            # One write per line: a kill leaves at most one partial last line, which recovery skips.
+            self._journal.write(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n")
+            self._journal.flush()  # a killed process loses nothing from here on; a host crash needs the fsync
+            if self._sync is None:  # on disk within SYNC_EVERY_S, whether or not another row comes
+                self._sync = threading.Timer(SYNC_EVERY_S, self._fsync)
+                self._sync.daemon = True
+                self._sync.start()
         self._rows.append(row)
         if len(self._rows) >= self.shard_rows:
             self.flush()
+
+    def _fsync(self) -> None:
+        with self._lock:
+            self._sync = None
+            if not self._journal.closed:
+                os.fsync(self._journal.fileno())
 
     def flush(self) -> None:
         if not self._rows:
@@ -184,12 +202,16 @@ class ManifestWriter:
         self._seq += 1
         _write_shard(self.folder, self.schema, self._rows, f"{self.tag}-{self._seq:05d}")
         self._rows = []
-        self._journal.truncate(0)
-        self._journal.seek(0)
+        with self._lock:
+            self._journal.truncate(0)
+            self._journal.seek(0)
 
     def close(self) -> None:
         self.flush()
-        self._journal.close()
+        with self._lock:
+            if self._sync is not None:
+                self._sync.cancel()
+            self._journal.close()
         self._journal_path.unlink(missing_ok=True)
 
 
@@ -218,7 +240,7 @@ def recover(folder: Path | str, schema: pa.Schema) -> int:
 def _write_shard(folder: Path, schema: pa.Schema, rows: list[dict], name: str) -> Path:
     path = folder / f"part-{name}-{uuid.uuid4().hex[:6]}.parquet"
     tmp = folder / f".{path.name}.tmp"
-    with open(tmp, "wb") as handle:
+    with open_new(tmp) as handle:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle)
         handle.flush()
         os.fsync(handle.fileno())  # the data before the name: a host crash leaves no torn shard
@@ -257,7 +279,8 @@ class ManifestReader:
 
 def _read_journal(path: Path) -> list[dict]:
     rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    # newlines only: str.splitlines would also cut at U+2028 / U+0085, which json.dumps leaves in a string
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:

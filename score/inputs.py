@@ -19,7 +19,7 @@ from pathlib import Path
 
 from data.manifest import ManifestReader, latest_of, latest_records, read_manifest
 from data.rundir import is_complete
-from data.sources import Columns, InputError, load_samples, safe_name
+from data.sources import Columns, InputError, check_unique, load_samples, safe_name
 
 SKIPPED_ELEMENTS = {"TextElement", "ImageElement"}
 
@@ -118,6 +118,7 @@ def layout_samples(root: Path, image_root: str | None = None) -> list[dict]:
             })
     if not samples:
         raise InputError(f"{root}: no elements to caption in jsons/")
+    check_unique(samples, root / "jsons")
     return samples
 
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from data.manifest import fsync_dir, open_new
 from data.models import resolve_model
 from pool.stage import Feed, Stage
 from score.config import ScoreConfig
@@ -67,8 +68,12 @@ def write_caption(row: dict) -> None:
     path = Path(row["image_path"]).with_suffix(".txt")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(row["caption"] + "\n", encoding="utf-8")
+        with open_new(tmp, "w") as handle:
+            handle.write(row["caption"] + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # the caption on disk before the row that says it is there
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         row.update(status="failed", error=f"could not write the caption file {path}: {exc}")

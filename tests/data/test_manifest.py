@@ -48,3 +48,61 @@ def test_a_torn_shard_is_skipped_with_a_warning_and_set_aside(tmp_path, capsys):
     assert not torn.exists() and (folder / f".{torn.name}.torn").exists()
     assert sorted(read_manifest(folder)["key"].to_pylist()) == sorted(keys)
     assert "skipping" not in capsys.readouterr().err
+
+
+def test_unicode_line_separators_stay_inside_their_row(tmp_path):
+    """U+2028, U+2029 and U+0085 are line breaks to str.splitlines, and json.dumps leaves them raw in a
+    string: a journal (and a JSONL input) must split on newlines only."""
+    import json
+
+    from data.sources import Columns, load_samples
+
+    prompt = "first\u2028second\u0085third\u2029fourth"
+    folder = tmp_path / "manifest"
+    writer = ManifestWriter(folder, GEN_SCHEMA, tag="worker0")
+    writer.add({**_row(0), "prompt": prompt})
+    writer.add(_row(1))
+    assert [r["prompt"] for r in ManifestReader(folder).rows()] == [prompt, None]
+    assert recover(folder, GEN_SCHEMA) == 2 and read_manifest(folder)["prompt"].to_pylist()[0] == prompt
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "a", "prompt": prompt}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [s["prompt"] for s in load_samples(src, Columns())] == [prompt]
+
+
+def test_a_journaled_row_reaches_the_disk_within_a_second_even_when_no_other_comes(tmp_path, monkeypatch):
+    """Durability against a host crash cannot be caused for real here: the test watches os.fsync."""
+    import os
+    import time
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    writer = ManifestWriter(tmp_path / "manifest", GEN_SCHEMA, tag="worker0")
+    writer.add(_row(0))  # then the worker goes idle
+    fd = writer._journal.fileno()
+    deadline = time.monotonic() + 3
+    while fd not in synced and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fd in synced and time.monotonic() < deadline
+    writer.close()
+
+
+def test_writes_do_not_follow_links_planted_in_a_shared_folder(tmp_path):
+    from data.manifest import open_new
+    from data.rundir import RunDir, RunDirError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    tmp = run / ".image.png.tmp"
+    tmp.symlink_to(victim)
+    with open_new(tmp) as handle:
+        handle.write(b"pixels")
+    assert victim.read_text() == "keep me" and tmp.read_bytes() == b"pixels" and not tmp.is_symlink()
+    (run / ".lock").symlink_to(victim)
+    import pytest
+
+    with pytest.raises(RunDirError, match="is a symbolic link"):
+        RunDir(run).lock()
+    assert victim.read_text() == "keep me"

@@ -62,3 +62,12 @@ def test_composite_ids_and_categories_in_the_inputs_language(tmp_path):
         only_categories(samples, "物理,社会")
     with pytest.raises(InputError, match="duplicate sample id 'k1'"):
         load_samples(folder, Columns(id="key"))
+
+
+def test_ids_that_become_one_key_are_refused_naming_both(tmp_path):
+    from data.sources import check_unique
+
+    samples = [{"sample_id": "a b", "key": "a_b", "index": 0}, {"sample_id": "a?b", "key": "a_b", "index": 3}]
+    with pytest.raises(InputError, match=r"ids 'a b' and 'a\?b', which both become the file name 'a_b', in rows 0 and 3"):
+        check_unique(samples, "in.jsonl")
+
