@@ -67,6 +67,19 @@ def parse_config(cls: type[T], argv: list[str] | None, prog: str, description: s
         raise  # unreachable: parser.error exits
 
 
+def check_numbers(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                  fraction: tuple[str, ...] = ()) -> None:
+    """Numeric flags in their range, said as the flag the user typed (a 0 for --max-pixels must stop at
+    the command line, not in a worker's ZeroDivisionError)."""
+    for names, ok, want in ((positive, lambda v: v > 0, "a number above 0"),
+                            (non_negative, lambda v: v >= 0, "0 or more"),
+                            (fraction, lambda v: 0 < v <= 1, "a fraction above 0, at most 1")):
+        for name in names:
+            value = getattr(config, name)
+            if value is not None and not ok(value):
+                raise ValueError(f"--{name.replace('_', '-')} takes {want}, not {value}")
+
+
 def load_yaml(path: str | Path, cls: type) -> dict:
     """A YAML file's keys, checked against `cls`'s fields so a typo fails loudly."""
     path = Path(path)

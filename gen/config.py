@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from data.config import check_numbers
+
 
 def _f(default, help: str):
     return field(default=default, metadata={"help": help})
@@ -72,6 +74,10 @@ class GenConfig:
     progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
     verbose: bool = _f(False, "show the workers' own output (engine and library logs) live instead of keeping it "
                               "in <run>/logs/worker-N.log")
+
+    def __post_init__(self) -> None:
+        check_numbers(self, positive=("batch_size", "steps", "height", "width", "num_samples"),
+                      non_negative=("offset", "seed_start", "max_retries"))
 
 
 # Settings that change how a run goes, not what it produces: free to change on resume.

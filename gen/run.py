@@ -43,6 +43,18 @@ def resolve_size(config: GenConfig) -> GenConfig:
     return config
 
 
+def check_task(config: GenConfig, samples: list[dict]) -> None:
+    """An input that cannot serve the task at all is refused before any worker starts."""
+    if not samples:
+        return
+    if config.task == "edit" and not any(s.get("source_image") for s in samples):
+        raise InputError(f"{config.input}: --task edit needs a source image per row, and no row names one: name "
+                         "its column with --image-column")
+    if not any((s.get("prompt") or "").strip() for s in samples):
+        raise InputError(f"{config.input}: no row has a prompt{' or instruction' * (config.task == 'edit')}: name "
+                         "its column with --prompt-column")
+
+
 def identity(config: GenConfig) -> dict:
     return {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
 
@@ -58,6 +70,7 @@ def run(config: GenConfig, stage: type[GenStage] = GenStage) -> int:
     samples = load_samples(config.input, columns, config.num_samples, config.offset, config.image_root,
                            image_store=Path(config.output_dir) / "inputs")
     samples = only_categories(samples, config.categories)
+    check_task(config, samples)
     placement = place(config.devices, config.gpus, on_cluster=config.engine == "ray")
     if config.quantize == "fp8":
         require_fp8_gpus(placement.devices)
@@ -88,6 +101,12 @@ def report(config: GenConfig, samples: list[dict]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config = parse_config(GenConfig, argv, "python -m gen.run", __doc__.splitlines()[0], default_config=str(DEMO_CONFIG))
+    model = config.model or DEFAULT_MODELS[config.task]
+    if argv and model.startswith("tiny:"):  # not the demo: say what the images are worth
+        real = "Qwen/Qwen-Image (configs/qwen_image.yaml)" if config.task == "t2i" else \
+            "Qwen/Qwen-Image-Edit-2509 (configs/qwen_image_edit_2509.yaml)"
+        print(f"gen: {model} is a tiny test pipeline with random weights: its images are noise; pass --model {real} "
+              "for real images", file=sys.stderr)
     try:
         return run(config)
     except (InputError, RunDirError, PoolError, ValueError, OSError) as exc:  # OSError: our own I/O (a full disk)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from data.config import check_numbers
+
 
 def _f(default, help: str):
     return field(default=default, metadata={"help": help})
@@ -137,6 +139,18 @@ class ScoreConfig:
     progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
     verbose: bool = _f(False, "show the workers' own output (engine and library logs) live instead of keeping it "
                               "in <run>/logs/worker-N.log")
+
+
+    def __post_init__(self) -> None:
+        check_numbers(self, positive=("num_pass", "replicas", "tp", "replicas_per_gpu", "max_pixels", "min_pixels",
+                                      "max_model_len", "max_num_seqs", "max_tokens", "window", "preprocess_threads",
+                                      "batch_size", "kv_cache_gb", "concurrency", "request_timeout", "num_samples",
+                                      "follow_timeout_s"),
+                      non_negative=("offset", "temperature", "max_reasoning_chars", "mm_processor_cache_gb",
+                                    "max_retries", "api_retries", "price_in", "price_out"),
+                      fraction=("gpu_memory_utilization",))
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"--min-pixels {self.min_pixels} is above --max-pixels {self.max_pixels}")
 
 
 RUNTIME_FIELDS = {

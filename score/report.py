@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                              ("generated per category (not scored yet)", gen_table(gen) if scores.empty else None),
                              ("throughput per device", pd.concat([throughput(gen, "gen"), throughput(scores, "score")])),
                              ("failures", failures(gen, scores))):
-            if frame is not None and not frame.empty:
-                print(f"\n{title}\n{frame.to_string(na_rep='-')}")
+            if frame is not None and not frame.empty:  # as the run's own summary prints its tables
+                print(f"\n{title}\n{frame.to_string(na_rep='-', index=title == 'scores per category')}")
         if guess_line(scores):
             print(guess_line(scores))
     out = Path(args.out) if args.out else run / "report.html"

@@ -182,7 +182,20 @@ def samples_of(config: ScoreConfig, input_path: str, out: Path) -> tuple[list[di
     end = None if config.num_samples is None else config.offset + config.num_samples
     samples = samples[config.offset:end]
     task = pick_task(config, input_path, samples)
+    check_task(input_path, task, samples)
     return [{**s, "task": task} for s in samples], task
+
+
+def check_task(input_path: str, task: str, samples: list[dict]) -> None:
+    """An input that cannot serve the task at all is refused before any worker starts."""
+    if not samples:
+        return
+    if task == "edit" and not any(s.get("source_image") and s.get("image_path") for s in samples):
+        raise InputError(f"{input_path}: --task edit judges an edited image against its source, and no row names "
+                         "both. Sources with instructions are an input for `python -m gen.run --task edit`: generate "
+                         "first, then score its run folder; or name the columns with --source-column and --image-column")
+    if not any(s.get("image_path") for s in samples):
+        raise InputError(f"{input_path}: no row names an image to judge; name its column with --image-column")
 
 
 def follow_work(config: ScoreConfig, input_path: str, gen_process=None) -> tuple[Work, str]:
@@ -244,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     config = parse_config(ScoreConfig, argv, "python -m score.run", __doc__.splitlines()[0],
                           default_config=str(DEMO_CONFIG))
+    if argv and config.model.startswith("tiny:"):  # not the demo: say what the scores are worth
+        print(f"score: {config.model} is a tiny test judge with random weights: its scores mean nothing; pass "
+              "--model Qwen/Qwen3-VL-8B-Instruct (or --config configs/qwen3vl_judge.yaml) for real scores",
+              file=sys.stderr)
     try:
         return run(config)
     except (InputError, RunDirError, PoolError, RunFault, ValueError, OSError) as exc:  # OSError: our own I/O

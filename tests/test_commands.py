@@ -70,3 +70,20 @@ def test_score_caption_folder_and_a_judge_that_cannot_start(tmp_path, tiny_model
 def test_pickled_weights_are_refused_before_anything_loads():
     proc = run_cli("score.run", "--load-format", "pt", "--progress", "none", check=False)
     assert proc.returncode == 2 and "invalid choice: 'pt'" in proc.stderr
+
+
+def test_inputs_that_cannot_serve_the_task_and_numbers_out_of_range_stop_at_the_command_line(tmp_path):
+    # sources with instructions (an input for gen) given to score as edits: one line, nothing started
+    proc = run_cli("score.run", "--task", "edit", "--input", "data/samples/edit/tasks.jsonl", "--output-dir",
+                   str(tmp_path / "s"), check=False, timeout=120)
+    assert "--task edit judges an edited image against its source" in _one_clear_line(proc)
+    assert "tiny test judge with random weights" in proc.stderr and not (tmp_path / "s").exists()
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "words": "a red circle"}\n')  # no column named as a prompt
+    proc = run_cli("gen.run", "--input", str(prompts), "--output-dir", str(tmp_path / "g"), check=False, timeout=120)
+    assert "no row has a prompt: name its column with --prompt-column" in _one_clear_line(proc)
+    for module, flag, value, message in (("score.run", "--max-pixels", "0", "--max-pixels takes a number above 0"),
+                                         ("score.run", "--gpu-memory-utilization", "1.5", "at most 1, not 1.5"),
+                                         ("gen.run", "--steps", "-2", "--steps takes a number above 0, not -2")):
+        proc = run_cli(module, flag, value, "--input", "x", check=False, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
