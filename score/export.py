@@ -32,10 +32,38 @@ def sample_table(run: Path, gen: pd.DataFrame, scores: pd.DataFrame) -> pd.DataF
     return scores.merge(extra, on="key", how="left")
 
 
-def _image(path) -> dict | None:
+def input_roots(run: Path) -> list[Path]:
+    """The folders a run's images may come from: the run itself, and each of its stages' input folder and
+    --image-root (run.json, score.json). A row naming a file anywhere else is not embedded."""
+    roots = [run.resolve()]
+    for name in ("run.json", "score.json"):
+        path = run / name
+        if not path.is_file():
+            continue
+        config = json.loads(path.read_text()).get("config", {})
+        for value in (config.get("input"), config.get("image_root"), config.get("output_dir")):
+            if isinstance(value, str) and value and Path(value).exists():
+                folder = Path(value).resolve()
+                roots.append(folder if folder.is_dir() else folder.parent)
+    return roots
+
+
+def _image(path, roots: list[Path]) -> dict | None:
+    """An image's bytes for the dataset: only a file under the run or its inputs, and only an image (a row
+    may name any path: a failed one might name a private key file)."""
+    from PIL import Image, UnidentifiedImageError
+
     if not isinstance(path, str) or not Path(path).is_file():
         return None
-    return {"bytes": Path(path).read_bytes(), "path": Path(path).name}
+    resolved = Path(path).resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        return None
+    try:
+        with Image.open(resolved) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return None
+    return {"bytes": resolved.read_bytes(), "path": resolved.name}
 
 
 def export_dataset(run: Path, gen: pd.DataFrame, scores: pd.DataFrame, out: Path):
@@ -43,8 +71,9 @@ def export_dataset(run: Path, gen: pd.DataFrame, scores: pd.DataFrame, out: Path
     import datasets
 
     frame = sample_table(run, gen, scores).sort_values("index").reset_index(drop=True)
-    images = {"image": [_image(p) for p in frame["image_path"]],
-              "source": [_image(p) for p in frame.get("source_image", pd.Series([None] * len(frame)))]}
+    roots = input_roots(run)
+    images = {"image": [_image(p, roots) for p in frame["image_path"]],
+              "source": [_image(p, roots) for p in frame.get("source_image", pd.Series([None] * len(frame)))]}
     frame = frame.astype(object).where(frame.notna(), None)
     table = {c: frame[c].tolist() for c in frame.columns}
     features = datasets.Features({**{c: _feature(frame[c]) for c in frame.columns},

@@ -80,6 +80,10 @@ def gedit_rows(scores: pd.DataFrame, ok_only: bool = True) -> pd.DataFrame:
 def export(scores: pd.DataFrame, out: Path, model: str, backbone: str) -> list[Path]:
     """Write upstream's CSVs and image folders; returns the CSV paths."""
     rows = gedit_rows(scores)
+    bad = [k for k in rows["key"] if not _plain_name(str(k))]
+    if bad:  # before anything is written
+        raise GEditError(f"--gedit: key {bad[0]!r} is not a plain file name (GEdit-Bench's keys are); it would write "
+                         f"outside {out}")
     base = out / model
     csv_dir = base / backbone / "eval_results_new"
     csv_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +105,10 @@ def export(scores: pd.DataFrame, out: Path, model: str, backbone: str) -> list[P
     paths.append(csv_dir / f"{model}_combined_gpt_score.csv")
     table[COLUMNS].to_csv(paths[-1], index=False)
     return paths
+
+
+def _plain_name(key: str) -> bool:
+    return bool(key) and "/" not in key and "\\" not in key and key not in (".", "..") and "\0" not in key
 
 
 def _save_png(src: str | None, dst: Path) -> None:

@@ -29,6 +29,9 @@ from score.templates import TEMPLATES, Question, Template, caption_template, loa
 SKELETON_TOKENS = 32  # room for an answer's JSON punctuation and numbers
 DEFAULT_PIXELS = PixelRange(32 * 32, 1024 * 1024)  # our own templates: the aspect ratio kept, at most 1 MP
 DEFAULT_SAMPLING = {"temperature": 0.0, "max_tokens": 512}
+# Qwen's chat control tokens: what a judge behind an API (whose tokenizer we do not hold) must not read in a prompt
+QWEN_CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>")
 
 
 def resolve_template(config: ScoreConfig, task: str) -> Template:
@@ -158,9 +161,21 @@ class Judge:
         system = [{"role": "system", "content": self.template.system}] if self.template.system is not None else []
         return system + [{"role": "user", "content": content}]
 
+    def control_tokens(self) -> tuple[str, ...]:
+        """The tokenizer's special tokens: written in a prompt, they would be read as chat markup."""
+        if self.tokenizer is None:
+            return QWEN_CONTROL_TOKENS
+        added = [t.content for t in getattr(self.tokenizer, "added_tokens_decoder", {}).values() if t.special]
+        return tuple(dict.fromkeys([*self.tokenizer.all_special_tokens, *added]))
+
     def prepare(self, item: dict) -> Prepared:
         prepared = Prepared(item)
         try:
+            text = item.get("prompt") or ""
+            forged = [t for t in self.control_tokens() if t in text]
+            if forged:  # a prompt that could open a turn of its own and answer for the judge
+                raise ValueError(f"the prompt holds the chat control token {min(forged, key=text.find)!r}, which the "
+                                 "judge would read as markup, not text; remove it from the input")
             images = self._images(item)
             seed = self.template.sampling.get("seed", 0)
             for n in range(self.template.num_pass):

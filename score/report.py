@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-dataset", default=None, help="write a `datasets` dataset here (images as Image(), "
                                                                "the gen and score rows joined per sample)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO",
-                        help="with --export-dataset: also push it to this hub repository (needs a token and network)")
+                        help="with --export-dataset: also push it to this hub repository, private unless --public "
+                             "(needs a token and network)")
+    parser.add_argument("--public", action="store_true", help="with --push-to-hub: make the repository public")
     parser.add_argument("--export-imagefolder", default=None, help="caption runs: images + metadata.jsonl (file_name, "
                                                                    "text) here, as diffusers/kohya training reads")
     args = parser.parse_args(argv)
@@ -276,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = export.export_dataset(run, gen, scores, Path(args.export_dataset))
         print(f"dataset: {len(dataset)} rows in {Path(args.export_dataset).resolve()}")
         if args.push_to_hub:
-            dataset.push_to_hub(args.push_to_hub)
-            print(f"pushed: {args.push_to_hub}")
+            dataset.push_to_hub(args.push_to_hub, private=not args.public)
+            print(f"pushed: {args.push_to_hub} ({'public' if args.public else 'private'})")
     if args.export_imagefolder:
         try:
             n = export.export_imagefolder(scores, Path(args.export_imagefolder))

@@ -179,6 +179,17 @@ def test_gedit_dataset_scored_and_exported(tmp_path, tiny_models):
     assert intersection(from_csv) == intersection(from_dataset) and 0 < len(intersection(from_csv)) < 14
 
 
+def test_a_key_that_is_a_path_is_refused_before_anything_is_written(tmp_path):
+    rows = _score_rows(tmp_path)
+    extra = json.loads(rows[5]["extra"])
+    rows[5]["extra"] = json.dumps({**extra, "key": str(tmp_path / "elsewhere" / "evil")})
+    write_rows(tmp_path / "scores" / "manifest", SCORE_SCHEMA, rows)
+    proc = run_cli("score.report", str(tmp_path / "scores"), "--out", str(tmp_path / "r.html"),
+                   "--gedit", str(tmp_path / "g"), check=False)
+    assert proc.returncode == 2 and "is not a plain file name" in proc.stderr
+    assert not (tmp_path / "g").exists() and not (tmp_path / "elsewhere").exists()
+
+
 def test_intersection_exist_is_read_whatever_carries_it():
     import numpy as np
 

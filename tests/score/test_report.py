@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from data.manifest import SCORE_SCHEMA, write_rows
-from helpers import ROOT, run_cli
+from helpers import ROOT, run_cli, shape_image
 
 
 def _cell(html_text: str, table: str, row: str, column: str) -> str:
@@ -104,3 +104,40 @@ def test_export_dataset_joins_gen_and_score_rows_with_images(scored_run, tmp_pat
         assert row["overall"] == scores.loc[row["key"], "overall"] and row["gen_seed"] == gen.loc[row["key"], "seed"]
         on_disk = np.asarray(Image.open(scored_run / gen.loc[row["key"], "image_path"]).convert("RGB"))
         assert np.array_equal(np.asarray(row["image"].convert("RGB")), on_disk)
+
+
+def test_exports_stay_inside_their_folders_and_uploads_are_private(tmp_path, monkeypatch):
+    import json
+
+    import datasets
+
+    from data.manifest import SCORE_SCHEMA, empty_row, write_rows
+    from score import report
+
+    inputs = tmp_path / "inputs"
+    good = shape_image(inputs / "a.png", (200, 0, 0))
+    (tmp_path / "private").mkdir()
+    secret = tmp_path / "private" / "id_ed25519"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    outside = shape_image(tmp_path / "elsewhere" / "b.png", (0, 200, 0))
+    folder = tmp_path / "scores"
+    rows = []
+    for i, (path, status) in enumerate(((good, "ok"), (secret, "failed"), (outside, "ok"))):
+        row = empty_row(SCORE_SCHEMA)
+        row.update(key=f"k{i}", sample_id=f"k{i}", index=i, attempt=1, status=status, image_path=str(path),
+                   judge_model="j", template="t", template_version="1", category="c",
+                   extra=json.dumps({"key": f"/tmp/evil{i}", "instruction_language": "en"}))
+        rows.append(row)
+    write_rows(folder / "manifest", SCORE_SCHEMA, rows)
+    (folder / "score.json").write_text(json.dumps({"config": {"input": str(inputs / "in.jsonl")}}))
+    (inputs / "in.jsonl").write_text("")
+    pushed = {}
+    monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda self, repo, **kw: pushed.update(repo=repo, **kw))
+    argv = [str(folder), "--out", str(tmp_path / "r.html"), "--export-dataset", str(tmp_path / "ds")]
+    assert report.main([*argv, "--push-to-hub", "me/scores"]) == 0
+    dataset = datasets.load_from_disk(str(tmp_path / "ds"))
+    embedded = {row["key"]: row["image"] is not None for row in dataset}
+    assert embedded == {"k0": True, "k1": False, "k2": False}  # not the key file, nor a file outside the run's inputs
+    assert pushed == {"repo": "me/scores", "private": True}
+    report.main([*argv, "--push-to-hub", "me/scores", "--public"])
+    assert pushed["private"] is False
