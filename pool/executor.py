@@ -91,17 +91,23 @@ class QueueFeed:
         return taken
 
 
+def die_with_parent() -> None:
+    """In a child process: the kernel sends it SIGTERM when its parent dies, however the parent died
+    (a SIGKILL included). Usable as Popen's preexec_fn."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the parent's own shutdown is all there is
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before prctl took effect
+
+
 def _own_process_group() -> None:
     """Lead a process group (so the parent can kill engine subprocesses with us) and die with
     the parent: on its death the kernel sends SIGTERM, and we take the whole group down."""
     os.setpgrp()
     signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: the parent's shutdown still kills the group
-    if os.getppid() == 1:
-        os.killpg(0, signal.SIGKILL)  # the parent died before prctl took effect
+    die_with_parent()
 
 
 def _kill_group(pid: int) -> None:

@@ -16,6 +16,7 @@ from data.models import resolve_model
 from data.rundir import COMPLETE, RunDirError
 from data.sources import Columns, InputError, only_categories
 from pool.devices import Placement, gpu_memory_gib, physical_gpus, place, require_fp8_gpus
+from pool.executor import die_with_parent
 from pool.runner import RunSettings, StageSpec, run_stage
 from pool.stage import FaultPolicy, FixedWork, PoolError, RunFault, Work
 from score.api_backend import OpenAIStage, api_host, check_endpoint
@@ -44,7 +45,10 @@ def start_gen(config: ScoreConfig) -> tuple[subprocess.Popen, str]:
         raise InputError(f"{config.gen_config}: the two-stage flow needs the gen YAML's output_dir")
     (Path(out) / COMPLETE).unlink(missing_ok=True)  # a finished earlier run must not end the follow at once
     devices = ["--devices", config.gen_devices] if config.gen_devices else []
-    return subprocess.Popen([sys.executable, "-m", "gen.run", "--config", config.gen_config, *devices]), out
+    # it dies with us, however we die: a scorer killed while generation runs beside it leaves nothing running
+    process = subprocess.Popen([sys.executable, "-m", "gen.run", "--config", config.gen_config, *devices],
+                               preexec_fn=die_with_parent)
+    return process, out
 
 
 def run_gen_first(config: ScoreConfig) -> tuple[str, subprocess.Popen | None]:
@@ -215,6 +219,16 @@ def run(config: ScoreConfig) -> int:
         input_path, gen_process = run_gen_first(config)
     else:
         input_path = config.input or str(newest_run())
+    try:
+        return score(config, input_path, gen_process)
+    finally:
+        if gen_process is not None and gen_process.poll() is None:  # scoring stopped early: so does generation
+            gen_process.terminate()
+            gen_process.wait()
+
+
+def score(config: ScoreConfig, input_path: str, gen_process: subprocess.Popen | None) -> int:
+    """Score `input_path` (a gen run while `gen_process` still writes it, when given)."""
     following = config.follow or gen_process is not None
     out = Path(config.output_dir or (Path(input_path) / "scores" if following else default_output(input_path)))
     if following:

@@ -8,7 +8,7 @@ import pytest
 
 from data.manifest import ManifestReader, latest_of
 from data.rundir import is_complete
-from helpers import final_rows, kill_run, pause_run, rows, rows_on_disk, start_cli, wait_until
+from helpers import final_rows, kill_run, pause_run, rows, rows_on_disk, start_cli, wait_until, write_jsonl
 
 GEN = ["--model", "tiny:t2i", "--steps", "4", "--height", "64", "--width", "64", "--true-cfg-scale", "1",
        "--batch-size", "1", "--devices", "cpu", "--progress", "none"]
@@ -57,3 +57,31 @@ def test_follow_scores_a_run_as_it_is_generated_and_survives_sigkill_of_either_s
     assert skipped >= len(done_before)  # the rerun kept every row the killed run had written
     assert_one_score_per_gen_row(run, 16)
     assert "following it as it is generated" in score_out
+
+
+def test_the_generation_beside_a_scorer_dies_with_it(tmp_path, tiny_models):
+    """`--gen-config --gen-devices`: generation runs as our child process; a SIGKILL of the scorer alone (no
+    chance to clean up) must not leave it running."""
+    import os
+    import signal
+
+    import psutil
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": f"a red circle {i}"} for i in range(500)])
+    gen_yaml = tmp_path / "gen.yaml"  # minutes of work: still running when the scorer is killed
+    gen_yaml.write_text(f"input: {prompts}\noutput_dir: {tmp_path / 'run'}\nmodel: tiny:t2i\nsteps: 8\n"
+                        "height: 64\nwidth: 64\ntrue_cfg_scale: 1.0\nprogress: none\n")
+    score = start_cli("score.run", "--gen-config", str(gen_yaml), "--gen-devices", "cpu",
+                      *[a for a in SCORE if a != "--follow"])
+    parent = psutil.Process(score.pid)
+
+    def gen_family() -> list:
+        return [p for p in parent.children(recursive=True) if "gen.run" in " ".join(p.cmdline())]
+
+    wait_until(lambda: bool(gen_family()) and rows_on_disk(tmp_path / "run" / "manifest") >= 1, timeout=300)
+    family = gen_family() + [c for p in gen_family() for c in p.children(recursive=True)]
+    os.kill(score.pid, signal.SIGKILL)  # the scorer only: its children are not signalled by us
+    score.wait()
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
+    assert rows_on_disk(tmp_path / "run" / "manifest") < 500  # it was stopped, not finished

@@ -66,17 +66,30 @@ def test_compare_two_runs(scored_run, tmp_path):
     assert math.isclose(float(lines["all"][4]), 1.5 / 3, abs_tol=0.01)
 
 
-def test_notebook_runs_against_a_run(scored_run, monkeypatch):
+def test_notebook_runs_against_a_run(scored_run, monkeypatch, tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("GENSCORE_RUN_DIR", str(scored_run))
+    from data.manifest import GEN_SCHEMA, ManifestWriter
+
+    run = tmp_path / "run"
+    shutil.copytree(scored_run, run)
+    first = pd.read_parquet(run / "manifest").iloc[[0]]
+    late = first.astype(object).where(first.notna(), None).to_dict("records")[0]
+    writer = ManifestWriter(run / "manifest", GEN_SCHEMA, tag="worker9")  # a run still writing: a journal only
+    writer.add({**late, "key": "late-one", "sample_id": "late-one", "index": 99})
+    monkeypatch.setenv("GENSCORE_RUN_DIR", str(run))
     notebook = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+    notebook.cells.append(nbformat.v4.new_code_cell("print(sorted(gen['key'])[-1], len(gen))"))
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute()
+    assert notebook.cells[-1].outputs[0]["text"].strip() == "q8 10"  # 9 from shards, the journaled one too
 
 
 def test_report_of_a_run_not_scored_yet(scored_run, tmp_path):
