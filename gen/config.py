@@ -69,6 +69,11 @@ class GenConfig:
     force: bool = _f(False, "continue a run folder made with another config")
     fail_on_error: bool = _f(False, "exit 1 if any sample failed")
     max_retries: int = _f(1, "retries of a sample whose worker died")
+    item_timeout: float | None = _f(None, "seconds a worker may hold work without writing a row before it is "
+                                          "stopped as stuck (its samples are retried alone, a stuck one fails); "
+                                          "default: 20x the worker's own seconds per row, at least 900")
+    load_timeout: float = _f(3600, "seconds a worker may take to load its model (downloads included) before it "
+                                   "is stopped as stuck")
     engine: Literal["local", "ray"] = _f("local", "local processes, or ray: a Ray Data actor pool over a cluster")
     ray_address: str = _f("auto", "Ray cluster to join (--engine ray); local = start a private one here")
     progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
@@ -76,7 +81,8 @@ class GenConfig:
                               "in <run>/logs/worker-N.log")
 
     def __post_init__(self) -> None:
-        check_numbers(self, positive=("batch_size", "steps", "height", "width", "num_samples"),
+        check_numbers(self, positive=("batch_size", "steps", "height", "width", "num_samples", "item_timeout",
+                                      "load_timeout"),
                       non_negative=("offset", "seed_start", "max_retries"))
 
 
@@ -84,5 +90,5 @@ class GenConfig:
 RUNTIME_FIELDS = {
     "devices", "gpus", "serial_load", "cpu_offload", "batch_size", "compile", "attention_backend",
     "num_samples", "offset",
-    "output_dir", "retry_failed", "force", "fail_on_error", "max_retries", "progress", "engine", "ray_address", "verbose", "categories",
+    "output_dir", "retry_failed", "force", "fail_on_error", "max_retries", "item_timeout", "load_timeout", "progress", "engine", "ray_address", "verbose", "categories",
 }

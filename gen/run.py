@@ -78,7 +78,8 @@ def run(config: GenConfig, stage: type[GenStage] = GenStage) -> int:
     settings = RunSettings(
         executor=config.engine, force=config.force, retry_failed=config.retry_failed, progress=config.progress,
         verbose=config.verbose, ray_address=config.ray_address, ray_batch_size=4 * config.batch_size,
-        policy=FaultPolicy(max_retries=config.max_retries, serial_load=config.serial_load),
+        policy=FaultPolicy(max_retries=config.max_retries, serial_load=config.serial_load,
+                           item_timeout_s=config.item_timeout, load_timeout_s=config.load_timeout),
     )
     run_stage(Path(config.output_dir), spec, FixedWork(samples), placement, settings)
     return report(config, samples)

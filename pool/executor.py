@@ -43,7 +43,8 @@ from data.manifest import ManifestWriter
 from data.rundir import file_lock
 from pool.devices import Placement, local_device, process_env
 from pool.progress import Progress, say
-from pool.stage import ExecutorOptions, FaultPolicy, Output, PoolError, RunFault, Stage, Work, environment_fault
+from pool.stage import (ITEM_TIMEOUT_FLOOR_S, ITEM_TIMEOUT_PACES, ExecutorOptions, FaultPolicy, Output, PoolError,
+                        RunFault, Stage, Work, environment_fault)
 
 POLL_S = 2.0  # how often a run that follows another looks for new items
 
@@ -199,6 +200,11 @@ class _Worker:
     ready: bool = False
     done: bool = False
     isolating: bool = False  # holds one group of suspects and nothing else
+    started: float = field(default_factory=time.monotonic)
+    progress_at: float = field(default_factory=time.monotonic)  # its last row, or when it got work while idle
+    rows: int = 0
+    busy_s: float = 0.0  # time spent holding work, for its pace
+    killed_for: str | None = None  # why we killed it (a timeout), for the rows of what it held
 
 
 class LocalExecutor:
@@ -338,12 +344,17 @@ class LocalExecutor:
                 self._send(worker, [self._queue.popleft() for _ in range(n)])
 
     def _send(self, worker: _Worker, items: list[dict]) -> None:
+        if not worker.held:
+            worker.progress_at = time.monotonic()  # the clock of --item-timeout starts with work in hand
         asked = min(worker.asked, len(items))
         worker.asked -= asked
         worker.held.update({item["key"]: item for item in items})
         worker.inbox.put({"items": items, "asked": asked})
 
     def _finish(self, worker: _Worker, key: str, ok: bool, line: str | None) -> None:
+        now = time.monotonic()
+        worker.busy_s += now - worker.progress_at
+        worker.progress_at, worker.rows = now, worker.rows + 1
         worker.held.pop(key, None)
         worker.isolating = worker.isolating and bool(worker.held)
         self._remaining -= 1
@@ -365,8 +376,30 @@ class LocalExecutor:
                                        for cause, where in self._causes.items()))
         self._dispatch()
 
+    def _item_timeout(self, worker: _Worker) -> float:
+        if self.policy.item_timeout_s:
+            return self.policy.item_timeout_s
+        pace = worker.busy_s / worker.rows if worker.rows else 0.0
+        return max(ITEM_TIMEOUT_FLOOR_S, ITEM_TIMEOUT_PACES * pace)
+
+    def _check_stuck(self) -> None:
+        """Kill a worker that holds items but has written no row for --item-timeout, or that has not
+        loaded within --load-timeout: a run never waits forever on one stuck process."""
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if worker.done or worker.killed_for:
+                continue
+            if not worker.ready and now - worker.started > self.policy.load_timeout_s:
+                worker.killed_for = f"did not load within {self.policy.load_timeout_s:g} s (--load-timeout)"
+            elif worker.held and now - worker.progress_at > self._item_timeout(worker):
+                worker.killed_for = f"no row within {self._item_timeout(worker):g} s (--item-timeout)"
+            if worker.killed_for:
+                say(f"genscore: worker {worker.slot} ({worker.device}) {worker.killed_for}: stopped")
+                _kill_group(worker.process.pid)
+
     def _check_workers(self) -> None:
         self._last_check = time.monotonic()
+        self._check_stuck()
         for worker in list(self._workers.values()):
             if not worker.process.is_alive() and not worker.done:
                 self._drain(worker)  # its last messages first: rows, or why it could not start
@@ -380,9 +413,13 @@ class LocalExecutor:
         """Retry or fail what a dead worker held, and start a replacement on its device."""
         code = worker.process.exitcode
         _kill_group(worker.process.pid)  # its engine subprocesses go with it
+        if not worker.ready and worker.killed_for:  # stuck loading: a start failure, not a sample's
+            self._fatal(worker, f"worker {worker.killed_for}", "its log")
+            return
         del self._workers[worker.wid]
-        self._errors.append(f"{worker.device}: exit code {code}")
-        self._requeue_or_fail(worker, f"worker on {worker.device} died (exit code {code})")
+        why = worker.killed_for or f"died (exit code {code})"
+        self._errors.append(f"{worker.device}: {why}")
+        self._requeue_or_fail(worker, f"worker on {worker.device} {why}")
         if self._restarts[worker.slot] < self.policy.max_restarts:
             self._restarts[worker.slot] += 0 if worker.isolating else 1  # a suspect's fault, not the device's
             self._spawn(worker.slot)

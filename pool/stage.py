@@ -138,6 +138,13 @@ class FaultPolicy:
     max_restarts: int = 3       # per worker slot: a device that keeps dying is given up on
     start_grace_s: float = 300  # work starts when every worker has loaded, or this long after the first
     serial_load: bool = False   # load one worker at a time (replicas sharing a GPU, tight host memory)
+    item_timeout_s: float | None = None  # a worker holding items with no row for this long is stuck: killed,
+    #                                      its items isolated; None: ITEM_TIMEOUT_FLOOR_S or 20x its pace so far
+    load_timeout_s: float = 3600         # a worker not loaded after this long is stuck: killed, a start failure
+
+
+ITEM_TIMEOUT_FLOOR_S = 900  # the automatic --item-timeout never goes below this (a first row may compile)
+ITEM_TIMEOUT_PACES = 20     # ... and is this many times the worker's mean seconds per row
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,11 @@ class ScoreConfig:
     force: bool = _f(False, "continue a score folder made with another config")
     fail_on_error: bool = _f(False, "exit 1 if any sample failed")
     max_retries: int = _f(1, "retries of a sample whose replica died")
+    item_timeout: float | None = _f(None, "seconds a worker may hold work without writing a row before it is "
+                                          "stopped as stuck (its samples are retried alone, a stuck one fails); "
+                                          "default: 20x the worker's own seconds per row, at least 900")
+    load_timeout: float = _f(3600, "seconds a worker may take to load its model (downloads included) before it "
+                                   "is stopped as stuck")
     engine: Literal["local", "ray"] = _f("local", "local processes, or ray: a Ray Data actor pool over a cluster")
     ray_address: str = _f("auto", "Ray cluster to join (--engine ray); local = start a private one here")
     progress: Literal["bar", "log", "none"] = _f("bar", "bar for terminals, log for files and CI, none")
@@ -145,7 +150,7 @@ class ScoreConfig:
         check_numbers(self, positive=("num_pass", "replicas", "tp", "replicas_per_gpu", "max_pixels", "min_pixels",
                                       "max_model_len", "max_num_seqs", "max_tokens", "window", "preprocess_threads",
                                       "batch_size", "kv_cache_gb", "concurrency", "request_timeout", "num_samples",
-                                      "follow_timeout_s"),
+                                      "follow_timeout_s", "item_timeout", "load_timeout"),
                       non_negative=("offset", "temperature", "max_reasoning_chars", "mm_processor_cache_gb",
                                     "max_retries", "api_retries", "price_in", "price_out"),
                       fraction=("gpu_memory_utilization",))
@@ -159,5 +164,5 @@ RUNTIME_FIELDS = {
     "replicas_per_gpu",
     "max_model_len", "max_num_seqs", "gpu_memory_utilization", "enforce_eager", "window",
     "preprocess_threads", "mm_processor_cache_gb", "batch_size", "kv_cache_gb", "print_samples", "write_txt",
-    "retry_failed", "force", "print_prompts", "fail_on_error", "max_retries", "progress", "engine", "ray_address", "verbose", "categories",
+    "retry_failed", "force", "print_prompts", "fail_on_error", "max_retries", "item_timeout", "load_timeout", "progress", "engine", "ray_address", "verbose", "categories",
 }

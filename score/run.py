@@ -257,7 +257,8 @@ def score(config: ScoreConfig, input_path: str, gen_process: subprocess.Popen | 
     settings = RunSettings(
         executor=config.engine, force=config.force, retry_failed=config.retry_failed, progress=config.progress,
         verbose=config.verbose, ray_address=config.ray_address, ray_batch_size=config.window or 256,
-        policy=FaultPolicy(max_retries=config.max_retries, serial_load=config.replicas_per_gpu > 1),
+        policy=FaultPolicy(max_retries=config.max_retries, serial_load=config.replicas_per_gpu > 1,
+                           item_timeout_s=config.item_timeout, load_timeout_s=config.load_timeout),
     )
     print(f"score: {input_path} ({task}, {template.name} v{template.version}, {decoding(config, template)} decoding)"
           + (", following it as it is generated" if following else ""), file=sys.stderr)

@@ -37,6 +37,8 @@ class SleepStage(Stage):
     def load(self, device: str) -> None:
         if self.config.get("fail_start"):
             raise RuntimeError("cannot load model /no/such/path")
+        if self.config.get("hang_load"):
+            time.sleep(3600)
         self.device = device
 
     def failed_row(self, item: dict, reason: str) -> dict:
@@ -50,21 +52,40 @@ class SleepStage(Stage):
                 os.kill(os.getpid(), signal.SIGKILL)
             if item["key"] in self.config.get("always_die_on", ()):
                 os.kill(os.getpid(), signal.SIGKILL)
+            if item["key"] in self.config.get("hang_on", ()):
+                time.sleep(3600)  # stuck: no exception, no exit, no row
             if item["key"] in self.config.get("fault_on", ()):
                 raise RunFault(f"the endpoint refused our key at {item['key']}")
             time.sleep(self.config.get("seconds", 0.0))
             yield {"key": item["key"], "attempt": item["attempt"], "status": "ok", "pid": os.getpid()}
 
 
-def run_pool(stage: Stage, n_items: int, devices: list[str], executor: str = "local", work=None) -> list[dict]:
+def run_pool(stage: Stage, n_items: int, devices: list[str], executor: str = "local", work=None,
+             policy: FaultPolicy = FaultPolicy(max_retries=1)) -> list[dict]:
     """Every row the workers wrote (journals of killed workers sealed, as the runner does)."""
     folder = Path(stage.config["dir"]) / "manifest"
     work = work or FixedWork([{"key": f"k{i}", "attempt": 1} for i in range(n_items)])
     options = ExecutorOptions(ray_address="local", ray_batch_size=4)
-    make_executor(executor, Placement(devices), FaultPolicy(max_retries=1), options).run(
+    make_executor(executor, Placement(devices), policy, options).run(
         stage, work, Output(str(folder), SCHEMA), Progress(0, "none"))
     recover(folder, SCHEMA)
     return ManifestReader(folder).rows()
+
+
+def test_no_run_waits_forever_on_a_stuck_item_or_a_stuck_load(tmp_path):
+    """--item-timeout: a worker with no row for that long is killed; its items are isolated as after any
+    death, so only the stuck one fails (alone, twice) and the run goes on. --load-timeout: a worker that
+    never finishes loading is a start failure."""
+    started = time.monotonic()
+    policy = FaultPolicy(max_retries=1, item_timeout_s=2)
+    rows = {r["key"]: r for r in run_pool(SleepStage(dir=str(tmp_path), hang_on=("k3",)), 8, ["cpu"],
+                                           policy=policy)}
+    assert sorted(rows) == [f"k{i}" for i in range(8)] and time.monotonic() - started < 200
+    assert rows["k3"]["status"] == "failed" and "no row within 2 s (--item-timeout)" in rows["k3"]["error"]
+    assert all(rows[f"k{i}"]["status"] == "ok" for i in range(8) if i != 3)
+    with pytest.raises(PoolError, match="did not load within 2 s"):
+        run_pool(SleepStage(dir=str(tmp_path / "b"), hang_load=True), 4, ["cpu"],
+                 policy=FaultPolicy(load_timeout_s=2))
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
