@@ -223,15 +223,19 @@ def recover(folder: Path | str, schema: pa.Schema) -> int:
         return 0
     for tmp in folder.glob(".*.parquet.tmp"):
         tmp.unlink()
+    done: set[tuple[str, int]] = set()  # every shard read once, not once per journal
     for shard in folder.glob("*.parquet"):
-        if _read_shard(shard) is None:  # torn: set aside, so that readers stop tripping on it
+        table = _read_shard(shard)
+        if table is None:  # torn: set aside, so that readers stop tripping on it
             shard.rename(folder / f".{shard.name}.torn")
+        else:
+            done |= _row_ids(table)
     recovered = 0
     for journal in sorted(folder.glob(".journal-*.jsonl")):
-        done = _row_ids(read_manifest(folder, journals=False))
         rows = [r for r in _read_journal(journal) if (r["key"], r["attempt"]) not in done]
         if rows:
             _write_shard(folder, schema, rows, f"recovered-{journal.stem.removeprefix('.journal-')}")
+            done.update((r["key"], r["attempt"]) for r in rows)
             recovered += len(rows)
         journal.unlink()
     return recovered
@@ -251,11 +255,32 @@ def _write_shard(folder: Path, schema: pa.Schema, rows: list[dict], name: str) -
 
 class ManifestReader:
     """The rows of a manifest that may still be growing: every shard (read once: a shard never
-    changes) and every journal (read each time, a partial last line skipped)."""
+    changes) and every journal (read each time, a partial last line skipped; a journal holds at most
+    one shard's rows, so that stays cheap however large the run)."""
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
         self._shards: dict[str, list[dict]] = {}
+        self._returned: set[tuple[str, int]] = set()  # for new_rows
+        self._new_shards: set[str] = set()
+
+    def new_rows(self) -> list[dict]:
+        """Rows not returned by an earlier call: new shards' rows and journaled rows not seen before. A
+        follower polls this: each poll costs the new rows and the journals, not the whole run."""
+        rows = []
+        for path in sorted(self.folder.glob("*.parquet")):
+            if path.name not in self._new_shards:
+                self._new_shards.add(path.name)
+                table = _read_shard(path)
+                rows += table.to_pylist() if table is not None else []
+        for journal in sorted(self.folder.glob(".journal-*.jsonl")):
+            try:
+                rows += _read_journal(journal)
+            except FileNotFoundError:
+                continue  # sealed into a shard just now: the next call reads that shard
+        fresh = {(r["key"], r["attempt"]): r for r in rows if (r["key"], r["attempt"]) not in self._returned}
+        self._returned.update(fresh)
+        return list(fresh.values())
 
     def rows(self) -> list[dict]:
         for path in sorted(self.folder.glob("*.parquet")):

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from data.manifest import ManifestReader, latest_of, latest_records, read_manifest
-from data.rundir import is_complete
+from data.manifest import ManifestReader, latest_records, read_manifest
+from data.rundir import COMPLETE
 from data.sources import Columns, InputError, check_unique, load_samples, safe_name
 
 SKIPPED_ELEMENTS = {"TextElement", "ImageElement"}
@@ -73,14 +73,23 @@ class FollowRun:
         self.seen: set[str] = set()
         self.last_new = self.last_said = time.monotonic()
 
+    def complete(self) -> bool:
+        """The run is complete: its marker is there and newer than its run.json (a marker left by an earlier
+        run of the same folder, before a rerun has cleared it, does not end the follow)."""
+        marker, config = self.run / COMPLETE, self.run / "run.json"
+        try:
+            return marker.stat().st_mtime >= config.stat().st_mtime
+        except FileNotFoundError:
+            return False
+
     def poll(self) -> tuple[list[dict], bool]:
-        last = is_complete(self.run)  # looked at first: a complete run's rows are all on disk by now
-        rows = latest_of(self.reader.rows()).values() if (self.run / "manifest").is_dir() else []
+        last = self.complete()  # looked at first: a complete run's rows are all on disk by now
+        rows = self.reader.new_rows() if (self.run / "manifest").is_dir() else []
         new = [s for s in gen_samples(self.run, rows) if s["key"] not in self.seen]
         self.seen.update(s["key"] for s in new)
         now = time.monotonic()
         code = self.gen_process.poll() if self.gen_process is not None else None
-        if code is not None and not last and not is_complete(self.run):
+        if code is not None and not last and not self.complete():
             raise InputError(f"generation stage ended (exit code {code}) before finishing; rerun the command "
                              "(nothing generated or scored is lost)")
         if new or last:

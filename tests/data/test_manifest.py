@@ -106,3 +106,29 @@ def test_writes_do_not_follow_links_planted_in_a_shared_folder(tmp_path):
     with pytest.raises(RunDirError, match="is a symbolic link"):
         RunDir(run).lock()
     assert victim.read_text() == "keep me"
+
+
+def test_a_follower_reads_each_shard_once_and_recovery_reads_the_shards_once(tmp_path, monkeypatch):
+    """Polling a 100k-row run with nothing new, and sealing 20 journals, must not re-read every row each time."""
+    import data.manifest as manifest
+    from data.manifest import write_rows
+
+    folder = tmp_path / "manifest"
+    for shard in range(10):
+        write_rows(folder, GEN_SCHEMA, [_row(shard * 100 + i) for i in range(100)])
+    reads = []
+    real = manifest._read_shard
+    monkeypatch.setattr(manifest, "_read_shard", lambda path: (reads.append(path.name), real(path))[1])
+    reader = ManifestReader(folder)
+    assert len(reader.new_rows()) == 1000 and len(reads) == 10
+    writer = ManifestWriter(folder, GEN_SCHEMA, tag="worker0")
+    writer.add(_row(5000))
+    assert [r["key"] for r in reader.new_rows()] == ["k5000"] and len(reads) == 10  # the journal's new row only
+    assert reader.new_rows() == [] and len(reads) == 10
+    writer.close()  # the journal becomes a shard: read once, its row already returned
+    assert reader.new_rows() == [] and len(reads) == 11
+    reads.clear()
+    for w in range(20):
+        ManifestWriter(folder, GEN_SCHEMA, tag=f"killed{w}").add(_row(6000 + w))  # never closed: killed workers
+    assert recover(folder, GEN_SCHEMA) == 20
+    assert len(reads) == 11  # each shard once, not once per journal
