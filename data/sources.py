@@ -262,6 +262,16 @@ def _is_plain(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, list, dict))
 
 
+def ids_from_index(samples: list[dict]) -> bool:
+    """Whether the ids are the rows' positions (the input has no id column)."""
+    return bool(samples) and all(s["sample_id"] == f"{s['index']:06d}" for s in samples)
+
+
+INDEX_IDS_NOTE = ("sample ids are the rows' positions (no id column found): a row inserted or removed shifts every "
+                  "later id, and a resume then refuses the rows that changed; pass --id-column to key samples by "
+                  "one of the input's columns")
+
+
 def check_unique(samples: list[dict], path: str | Path) -> None:
     """Every sample's key (its id made filesystem-safe) is its own: two rows with one key would share an
     image file and a resume key."""

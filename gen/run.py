@@ -13,7 +13,7 @@ from data.config import parse_config, to_dict
 from data.manifest import GEN_SCHEMA, latest_status
 from data.models import resolve_model
 from data.rundir import RunDirError
-from data.sources import Columns, InputError, load_samples, only_categories
+from data.sources import INDEX_IDS_NOTE, Columns, InputError, ids_from_index, load_samples, only_categories
 from gen.config import RUNTIME_FIELDS, GenConfig
 from gen.pipeline import check_lora, check_model, parse_lora
 from gen.worker import GenStage
@@ -71,6 +71,8 @@ def run(config: GenConfig, stage: type[GenStage] = GenStage) -> int:
                            image_store=Path(config.output_dir) / "inputs")
     samples = only_categories(samples, config.categories)
     check_task(config, samples)
+    if ids_from_index(samples):
+        print(f"gen: {INDEX_IDS_NOTE}", file=sys.stderr)
     placement = place(config.devices, config.gpus, on_cluster=config.engine == "ray")
     if config.quantize == "fp8":
         require_fp8_gpus(placement.devices)

@@ -105,8 +105,15 @@ def run_stage(run_dir: Path, spec: StageSpec, work: Work, placement: Placement, 
         rundir.clear_complete()
         manifest = Path(run_dir) / "manifest"
         recover(manifest, spec.schema)  # what a killed run left in its journals
-        todo = Todo(work, latest_status(manifest), settings.retry_failed)
+        done = latest_status(manifest)
+        todo = Todo(work, done, settings.retry_failed)
         items, last = todo.peek()
+        if last:  # the whole input is known: a sample changed under its key is refused, like a changed config
+            changed = rundir.check_inputs(todo.samples, settings.force)
+            if changed:  # --force: those are done again, with their new input, as new attempts
+                done.update({key: ("changed", done[key][1]) for key in changed if key in done})
+                todo.first = (select_todo(todo.samples, done, settings.retry_failed), True)
+                items = todo.first[0]
         so_far = "" if last else " so far"
         print(f"{spec.name}: {len(todo.samples)} samples{so_far}, {len(todo.samples) - len(items)} already done, "
               f"{len(items)} to run on {placement.describe()}", file=sys.stderr)

@@ -6,6 +6,7 @@ With no arguments it scores the newest run under runs/ (the demo) with the tiny 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from data.config import parse_config, to_dict
 from data.manifest import SCORE_SCHEMA
 from data.models import resolve_model
 from data.rundir import COMPLETE, RunDirError
-from data.sources import Columns, InputError, only_categories
+from data.sources import INDEX_IDS_NOTE, Columns, InputError, ids_from_index, only_categories
 from pool.devices import Placement, gpu_memory_gib, physical_gpus, place, require_fp8_gpus
 from pool.executor import die_with_parent
 from pool.runner import RunSettings, StageSpec, run_stage
@@ -23,7 +24,7 @@ from score.api_backend import OpenAIStage, api_host, check_endpoint
 from score.config import RUNTIME_FIELDS, ScoreConfig
 from score.engine import VLLMStage
 from score.hf_backend import TransformersStage
-from score.inputs import FollowRun, default_output, is_layout, newest_run, score_samples, wait_for_run
+from score.inputs import FollowRun, default_output, is_layout, is_run_dir, newest_run, score_samples, wait_for_run
 from score.judge import Judge, decoding, resolve_template
 from score.model_info import check_fits, context_length, image_tokens
 from score.templates import Template
@@ -90,6 +91,8 @@ def identity(config: ScoreConfig, template: Template | None = None) -> dict:
     fields = {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
     if config.backend == "openai":  # the same model name at another endpoint is another judge
         fields["api_host"] = api_host(config.api_base)
+    if config.template_file and Path(config.template_file).is_file():  # its text, not just its name
+        fields["template_file_sha256"] = hashlib.sha256(Path(config.template_file).read_bytes()).hexdigest()[:16]
     if template is None:
         return {**fields, "decoding": "schema"}
     return {**fields, "template": f"{template.name} v{template.version}", "decoding": decoding(config, template)}
@@ -187,6 +190,8 @@ def samples_of(config: ScoreConfig, input_path: str, out: Path) -> tuple[list[di
     samples = samples[config.offset:end]
     task = pick_task(config, input_path, samples)
     check_task(input_path, task, samples)
+    if ids_from_index(samples) and not is_run_dir(Path(input_path)):
+        print(f"score: {INDEX_IDS_NOTE}", file=sys.stderr)
     return [{**s, "task": task} for s in samples], task
 
 

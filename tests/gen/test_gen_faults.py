@@ -188,3 +188,22 @@ def test_a_full_disk_stops_the_run_and_charges_no_sample(tmp_path, tiny_models):
     assert run(config) == 0  # the same command with room on disk finishes every sample
     assert (final_rows(tmp_path / "run")["status"] == "ok").all()
     assert_clean(tmp_path / "run", 4)
+
+
+def test_a_resume_refuses_samples_whose_input_changed_under_their_key(tmp_path, tiny_models):
+    """Ids from the row index: a row inserted at the top shifts every later id onto another prompt. The
+    rerun says so at start, refuses the changed samples, and with --force redoes them as new attempts."""
+    src = tmp_path / "in.csv"
+    src.write_text("prompt\na red circle\na blue square\n")
+    args = ["--input", str(src), "--output-dir", str(tmp_path / "run"), *T2I, "--devices", "cpu"]
+    first = run_cli("gen.run", *args)
+    assert "sample ids are the rows' positions" in first.stderr
+    src.write_text("prompt\na green star\na red circle\na blue square\n")
+    proc = run_cli("gen.run", *args, check=False)
+    assert proc.returncode == 2 and "holds 2 sample(s) whose input has changed since (e.g. 000000, 000001)" in proc.stderr
+    run_cli("gen.run", *args, "--force")
+    final = final_rows(tmp_path / "run")
+    assert dict(zip(final.index, final["prompt"])) == {"000000": "a green star", "000001": "a red circle",
+                                                       "000002": "a blue square"}
+    assert dict(zip(final.index, final["attempt"])) == {"000000": 2, "000001": 2, "000002": 1}
+    assert (final["status"] == "ok").all()

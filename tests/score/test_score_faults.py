@@ -94,3 +94,20 @@ def test_a_pickled_judge_lora_is_refused_before_any_worker_starts(tmp_path, tiny
                    "--judge-lora", str(lora), check=False)
     assert proc.returncode == 2 and "no adapter_model.safetensors there" in proc.stderr
     assert not (tmp_path / "s" / "manifest").exists()
+
+
+def test_a_changed_template_file_or_backend_is_refused_like_a_changed_config(tmp_path, tiny_models):
+    template = tmp_path / "t.yaml"
+    template.write_text("name: mine\nversion: 1\nquestions:\n  - name: q\n    text: 'Is it red? {prompt}'\n"
+                        "    images: [image]\n")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"image": shape_image(tmp_path / "a.png", (200, 9, 9)).name,
+                                               "prompt": "p"}])
+    args = [*VLLM, "--task", "custom", "--template-file", str(template), "--input", str(src), "--output-dir",
+            str(tmp_path / "s"), "--devices", "cpu", "--max-tokens", "16"]
+    run_cli("score.run", *args)
+    template.write_text(template.read_text().replace("Is it red?", "Is it blue?"))  # same name, same version
+    proc = run_cli("score.run", *args, check=False)
+    assert proc.returncode == 2 and "template_file_sha256" in proc.stderr
+    template.write_text(template.read_text().replace("Is it blue?", "Is it red?"))
+    proc = run_cli("score.run", *args, "--backend", "transformers", check=False)
+    assert proc.returncode == 2 and "backend: 'vllm' -> 'transformers'" in proc.stderr
