@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
+import threading
 import time
+from collections.abc import Iterator
 
 from data.manifest import ManifestWriter
 from pool.devices import Placement, group_size
 from pool.progress import Progress, say
-from pool.stage import ExecutorOptions, FaultPolicy, ListFeed, Output, PoolError, RunFault, Stage, Work
+from pool.stage import (ITEM_TIMEOUT_FLOOR_S, ExecutorOptions, FaultPolicy, ListFeed, Output, PoolError, RunFault,
+                        Stage, Work)
 
 POLL_S = 5.0
 
@@ -172,7 +176,7 @@ class RayExecutor:
         )
         done: set[str] = set()
         try:
-            for record in acks.iter_rows():
+            for record in self._watched(acks):
                 ack = json.loads(record["ack"])
                 if isinstance(ack, dict):
                     raise RunFault(ack["abort"])
@@ -184,7 +188,40 @@ class RayExecutor:
                     progress.row(0, ok)
         except RunFault as exc:
             raise PoolError(str(exc)) from None
+        except Stalled as exc:
+            raise PoolError(f"no Ray worker could process a batch: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - every actor gone: what is left is retried or failed
             if not done:
                 raise PoolError(f"no Ray worker could process a batch: {exc}") from exc
         return [item for item in items if item["key"] not in done]
+
+    def _watched(self, acks) -> Iterator[dict]:
+        """The job's acks as they come, or Stalled when none comes for --item-timeout: once Ray has spent
+        its restarts on actors that die, its job waits for actors that never come."""
+        timeout = self.policy.item_timeout_s or ITEM_TIMEOUT_FLOOR_S
+        inbox: queue.Queue = queue.Queue()
+
+        def pump() -> None:
+            try:
+                for record in acks.iter_rows():
+                    inbox.put(("row", record))
+                inbox.put(("end", None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
+                inbox.put(("error", exc))
+
+        threading.Thread(target=pump, daemon=True, name="ray-acks").start()
+        while True:
+            try:
+                kind, value = inbox.get(timeout=timeout)
+            except queue.Empty:
+                raise Stalled(f"no row for {timeout:g} s (--item-timeout): its actors keep dying or cannot start, "
+                              "and Ray has spent its restarts; see Ray's logs") from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+
+class Stalled(RuntimeError):
+    """A Ray job that gives no row any more."""

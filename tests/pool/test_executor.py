@@ -286,3 +286,64 @@ def test_on_ray_too_only_the_sample_that_kills_its_worker_fails(tmp_path):
     # the driver wrote k5's row: Ray does not say which actor died on it
     assert final["k5"]["worker"] == -1 and final["k5"]["device"] is None
     assert all(r["device"] == "cpu" and r["worker"] >= 0 for k, r in final.items() if k != "k5")
+
+
+class Raiser(SleepStage):
+    """Takes items four at a time and raises (a Python exception, the worker lives) on k6's batch."""
+
+    prefetch = 4
+
+    def process(self, feed):
+        while batch := feed.take(4):
+            if any(item["key"] == "k6" for item in batch):
+                raise ValueError("this batch holds an image the pipeline cannot take")
+            for item in batch:
+                yield {"key": item["key"], "attempt": item["attempt"], "status": "ok", "pid": os.getpid()}
+
+
+@pytest.mark.timeout(600)
+def test_on_ray_a_batch_that_raises_is_run_one_item_at_a_time(tmp_path):
+    final = latest_of(run_pool(Raiser(dir=str(tmp_path)), 12, ["cpu"], "ray"))
+    assert sorted(final) == sorted(f"k{i}" for i in range(12))
+    assert [k for k, r in final.items() if r["status"] != "ok"] == ["k6"]
+    assert "ValueError: this batch holds an image" in final["k6"]["error"]
+
+
+@pytest.mark.timeout(600)
+def test_on_ray_a_job_whose_restarts_run_out_ends_with_a_clear_error(tmp_path):
+    """Every actor dies on every batch: once Ray's restarts are spent the run ends with one line, not a hang."""
+    stage = SleepStage(dir=str(tmp_path), always_die_on=tuple(f"k{i}" for i in range(6)))
+    started = time.monotonic()
+    with pytest.raises(PoolError, match="no Ray worker could process a batch"):
+        run_pool(stage, 6, ["cpu"], "ray", policy=FaultPolicy(max_retries=1, max_restarts=1, item_timeout_s=20))
+    assert time.monotonic() - started < 300
+
+
+@pytest.mark.long
+@pytest.mark.timeout(600)
+def test_ctrl_c_of_a_ray_driver_stops_its_cluster_and_a_rerun_finishes(tmp_path, tiny_models):
+    import psutil
+
+    from helpers import kill_run, rows_on_disk, start_cli, wait_until, write_jsonl
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": f"a red circle {i}"} for i in range(40)])
+    args = ["--input", str(prompts), "--output-dir", str(tmp_path / "run"), "--model", "tiny:t2i", "--steps", "16",
+            "--height", "64", "--width", "64", "--true-cfg-scale", "1", "--progress", "none", "--devices", "cpu",
+            "--engine", "ray", "--ray-address", "local"]
+    proc = start_cli("gen.run", *args)
+    driver = psutil.Process(proc.pid)
+    wait_until(lambda: rows_on_disk(tmp_path / "run" / "manifest") >= 2, timeout=300)
+    family = driver.children(recursive=True)
+    proc.send_signal(signal.SIGINT)  # Ctrl+C
+    try:
+        proc.wait(timeout=120)
+    finally:
+        kill_run(proc)
+    _, alive = psutil.wait_procs(family, timeout=60)
+    assert not alive, [p.cmdline()[:3] for p in alive]  # Ray's own processes went with the driver
+    partial = rows_on_disk(tmp_path / "run" / "manifest")
+    assert 2 <= partial < 40
+    rerun = subprocess.run([sys.executable, "-m", "gen.run", *args], cwd=Path(__file__).resolve().parents[2],
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rows_on_disk(tmp_path / "run" / "manifest") == 40
