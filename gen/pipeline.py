@@ -205,9 +205,14 @@ def parse_lora(spec: str) -> tuple[str, float]:
 
 
 def check_lora(where: str) -> None:
-    """Fail fast, in the parent, on a LoRA that is neither a local file/folder nor a hub id."""
-    if not Path(where).exists() and (where.startswith(("/", ".", "~")) or where.count("/") != 1):
+    """Fail fast, in the parent, on a LoRA that is neither a local file/folder nor a hub id, or that is not
+    safetensors (a pickled .bin runs code when loaded)."""
+    path = Path(where)
+    if not path.exists() and (where.startswith(("/", ".", "~")) or where.count("/") != 1):
         raise ValueError(f"LoRA not found: {where!r} is neither a local file or folder nor a hub id (org/name)")
+    if (path.is_file() and path.suffix != ".safetensors") or (path.is_dir() and not any(path.glob("*.safetensors"))):
+        raise ValueError(f"LoRA {where}: no .safetensors file there; LoRAs load from safetensors only, never a "
+                         "pickled .bin")
 
 
 def apply_loras(pipe, loras: list[tuple[str, float]]) -> None:
@@ -219,7 +224,7 @@ def apply_loras(pipe, loras: list[tuple[str, float]]) -> None:
     where = ""
     try:
         for name, (where, _) in zip(names, loras):
-            pipe.load_lora_weights(where, adapter_name=name)
+            pipe.load_lora_weights(where, adapter_name=name, use_safetensors=True)  # never a pickle (hub ids too)
         # a LoRA none of whose keys match is skipped by diffusers with a warning: it is missing here
         pipe.set_adapters(names, [scale for _, scale in loras])
     except Exception as exc:  # noqa: BLE001 - the message says which LoRA and why

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from data.manifest import fsync_dir, open_new
 from data.models import resolve_model
-from pool.stage import Feed, Stage
+from pool.stage import Feed, Stage, environment_fault
 from score.config import ScoreConfig
 from score.judge import Judge, pixel_range, processor_range_applies, resolve_template
 from score.model_info import processor_pixels
@@ -76,4 +76,7 @@ def write_caption(row: dict) -> None:
         fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        fault = environment_fault(exc)
+        if fault:  # a full disk is not this caption's fault: the run stops, and a rerun writes it
+            raise fault from exc
         row.update(status="failed", error=f"could not write the caption file {path}: {exc}")

@@ -133,6 +133,14 @@ def test_pickled_weights_are_refused(tmp_path, tiny_models):
     proc = run_cli("gen.run", "--input", str(src), "--output-dir", str(tmp_path / "run"), *T2I, "--model",
                    str(model), "--devices", "cpu", check=False)
     assert proc.returncode == 2 and "safetensors" in proc.stderr.lower(), proc.stderr[-2000:]
+    lora = tmp_path / "lora"  # a LoRA saved as a pickle: refused before any worker starts
+    lora.mkdir()
+    for weights in tiny_models["lora"].glob("*.safetensors"):
+        torch.save(load_file(weights), lora / "pytorch_lora_weights.bin")
+    proc = run_cli("gen.run", "--input", str(src), "--output-dir", str(tmp_path / "run2"), *T2I, "--lora", str(lora),
+                   "--devices", "cpu", check=False)
+    assert proc.returncode == 2 and "LoRAs load from safetensors only" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run2").exists()
 
 
 @pytest.mark.parametrize("value, message", [("../outside.png", "leaves"), ("/etc/hostname", "leaves")])
