@@ -156,7 +156,7 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
             row.update(device=device, worker=slot)
             _write(writer, row)  # on disk before the parent hears of it: a finished row is never lost
             outbox.send(("done", wid, row["key"], row.get("status") == "ok", stage.line(row)))
-        writer.close()
+        _write(writer, None)  # the last rows into a shard
     except RunFault as exc:  # not the items' fault: the parent stops the run with this line
         with suppress(OSError):
             writer.close()
@@ -173,10 +173,11 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     os._exit(0)
 
 
-def _write(writer: ManifestWriter, row: dict) -> None:
-    """A row into the worker's journal; a journal that cannot be written is the machine's fault."""
+def _write(writer: ManifestWriter, row: dict | None) -> None:
+    """A row into the worker's journal (None: close it into a shard); a journal or shard that cannot be
+    written is the machine's fault."""
     try:
-        writer.add(row)
+        writer.add(row) if row is not None else writer.close()
     except OSError as exc:
         raise environment_fault(exc) or RunFault(f"cannot write rows to {writer.folder}: {exc}") from None
 

@@ -1,18 +1,23 @@
 """Soak: rounds of SIGKILLs at random moments over a 100-sample gen run and its score run (single
-workers, replicas, the whole run), then each run to the end. Nothing may be lost or duplicated.
+workers, replicas, the whole run), a round on a full disk and a round with a hung worker, then each run
+to the end. Nothing may be lost or duplicated, no healthy sample marked failed, no process left running.
 
     pytest tests/test_soak.py --rounds 10 -s     # longer, by hand; CI runs --rounds 2
 """
 
 import os
 import random
+import resource
 import signal
+import subprocess
+import sys
 
 import psutil
 import pytest
 from PIL import Image
 
-from helpers import ENGINE_PROCESSES, final_rows, kill_run, rows, rows_on_disk, run_cli, start_cli, wait_until, write_jsonl
+from helpers import (ENGINE_PROCESSES, ROOT, cli_env, final_rows, kill_run, rows, rows_on_disk, run_cli, start_cli,
+                     wait_until, write_jsonl)
 
 N = 100
 GEN = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg-scale", "1",
@@ -54,6 +59,31 @@ def kill_rounds(module: str, args: list[str], manifest, rounds: int, rng: random
     return kills
 
 
+def disk_full_round(args: list[str], manifest) -> None:
+    """The gen run with a file-size limit (RLIMIT_FSIZE, a real EFBIG on every write past it, as a full
+    disk gives ENOSPC) that its journal outgrows: it stops with that line, charging no sample."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    before = rows_on_disk(manifest)
+    proc = subprocess.run([sys.executable, "-m", "gen.run", *args, "--verbose"], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (12 * 1024, limit[1])))
+    assert proc.returncode == 2 and "File too large" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr.split("File too large")[-1]
+    assert rows_on_disk(manifest) >= before and not (rows(manifest)["status"] == "failed").any()
+
+
+def hang_round(args: list[str], manifest, rng: random.Random) -> None:
+    """One worker stopped (SIGSTOP: no exit, no row) mid-run: --item-timeout kills it, its samples are done
+    again elsewhere, and the run ends by itself with every sample ok."""
+    proc = start_cli("gen.run", *args, "--item-timeout", "15")
+    goal = rows_on_disk(manifest) + rng.randint(2, 6)
+    wait_until(lambda: rows_on_disk(manifest) >= goal or proc.poll() is not None, timeout=300, interval=0.1)
+    if group := workers(proc):
+        os.kill(rng.choice(group).pid, signal.SIGSTOP)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "no row within 15 s (--item-timeout): stopped" in out, out[-3000:]
+
+
 def assert_whole(manifest, n: int) -> None:
     """One final row per sample, all ok; no (key, attempt) twice; no temporary file left."""
     frame = rows(manifest)
@@ -71,6 +101,8 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path, tiny_models, request)
                                               "category": f"c{i % 4}"} for i in range(N)])
     run = tmp_path / "run"
     gen_args = ["--input", str(src), "--output-dir", str(run), *GEN]
+    disk_full_round(gen_args, run / "manifest")
+    hang_round([*gen_args, "--num-samples", "70"], run / "manifest", rng)  # work left after it for the kill rounds
     gen_kills = kill_rounds("gen.run", gen_args, run / "manifest", rounds, rng)
     run_cli("gen.run", *gen_args)
     assert_whole(run / "manifest", N)
@@ -85,6 +117,6 @@ def test_random_kills_lose_and_duplicate_nothing(tmp_path, tiny_models, request)
                               env=ENGINE_PROCESSES)
     run_cli("score.run", *score_args)
     assert_whole(run / "scores" / "manifest", N)
-    print(f"soak: rounds {rounds}; gen kills {gen_kills}, score kills {score_kills}; "
+    print(f"soak: a full disk, a hung worker, rounds {rounds}; gen kills {gen_kills}, score kills {score_kills}; "
           f"{N} gen rows and {N} score rows final, 0 lost, 0 duplicated; "
           f"{len(rows(run / 'manifest'))} gen and {len(rows(run / 'scores' / 'manifest'))} score rows written in all")
