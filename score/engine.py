@@ -11,7 +11,6 @@ inline it stalls the loop that feeds the GPU for several milliseconds per image.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import sys

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from data.manifest import SCORE_SCHEMA, empty_row, write_rows
-from helpers import run_cli, shape_image, write_jsonl
+from helpers import run_cli, shape_image
 from score.gedit import COLUMNS, GROUPS, GEditError, truth
 
 
