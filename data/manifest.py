@@ -15,6 +15,7 @@ run that follows another sees its rows as they land.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -173,6 +174,7 @@ class ManifestWriter:
         self._rows: list[dict] = []
         self._journal_path = self.folder / f".journal-{self.tag}.jsonl"
         self._journal = open_new(self._journal_path, "w")
+        _hold(self._journal)  # while we write it, no recovery (a driver on another host) seals it under us
         self._lock = threading.Lock()  # the sync timer's thread and ours
         self._sync: threading.Timer | None = None
 
@@ -232,13 +234,29 @@ def recover(folder: Path | str, schema: pa.Schema) -> int:
             done |= _row_ids(table)
     recovered = 0
     for journal in sorted(folder.glob(".journal-*.jsonl")):
-        rows = [r for r in _read_journal(journal) if (r["key"], r["attempt"]) not in done]
-        if rows:
-            _write_shard(folder, schema, rows, f"recovered-{journal.stem.removeprefix('.journal-')}")
-            done.update((r["key"], r["attempt"]) for r in rows)
-            recovered += len(rows)
-        journal.unlink()
+        with open(journal, "rb") as handle:
+            if not _hold(handle):  # its writer lives (a Ray actor still finishing): it seals its own journal
+                print(f"warning: {journal.name} is still being written; its rows stay there", file=sys.stderr)
+                continue
+            rows = [r for r in _read_journal(journal) if (r["key"], r["attempt"]) not in done]
+            if rows:
+                _write_shard(folder, schema, rows, f"recovered-{journal.stem.removeprefix('.journal-')}")
+                done.update((r["key"], r["attempt"]) for r in rows)
+                recovered += len(rows)
+            journal.unlink()
     return recovered
+
+
+def _hold(handle) -> bool:
+    """An exclusive flock on an open file, without waiting; False if another process holds one. File
+    systems without flock count as held by nobody."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP
+        pass
+    return True
 
 
 def _write_shard(folder: Path, schema: pa.Schema, rows: list[dict], name: str) -> Path:

@@ -7,6 +7,11 @@ def _row(i: int, attempt: int = 1) -> dict:
     return {"key": f"k{i}", "index": i, "attempt": attempt, "status": "ok"}
 
 
+def _killed(writer: ManifestWriter) -> None:
+    """What a SIGKILL leaves of a writer: its journal as it was, no longer held by anyone."""
+    writer._journal.close()
+
+
 def test_readers_see_journaled_rows_before_any_shard(tmp_path):
     folder = tmp_path / "manifest"
     a, b = ManifestWriter(folder, GEN_SCHEMA, tag="worker0"), ManifestWriter(folder, GEN_SCHEMA, tag="worker1")
@@ -26,6 +31,7 @@ def test_recover_seals_journals_once_and_drops_rows_already_in_shards(tmp_path):
     writer = ManifestWriter(folder, GEN_SCHEMA, tag="worker0", shard_rows=2)
     for i in range(3):
         writer.add(_row(i))  # k0, k1 reach a shard; k2 stays in the journal
+    _killed(writer)
     with open(writer._journal_path, "a") as journal:  # a kill between the shard's rename and the emptying
         journal.write('{"key": "k0", "attempt": 1, "status": "ok"}\n')
     assert recover(folder, GEN_SCHEMA) == 1  # k2 only: k0 attempt 1 is in a shard already
@@ -62,6 +68,7 @@ def test_unicode_line_separators_stay_inside_their_row(tmp_path):
     writer = ManifestWriter(folder, GEN_SCHEMA, tag="worker0")
     writer.add({**_row(0), "prompt": prompt})
     writer.add(_row(1))
+    _killed(writer)
     assert [r["prompt"] for r in ManifestReader(folder).rows()] == [prompt, None]
     assert recover(folder, GEN_SCHEMA) == 2 and read_manifest(folder)["prompt"].to_pylist()[0] == prompt
     src = tmp_path / "in.jsonl"
@@ -129,6 +136,30 @@ def test_a_follower_reads_each_shard_once_and_recovery_reads_the_shards_once(tmp
     assert reader.new_rows() == [] and len(reads) == 11
     reads.clear()
     for w in range(20):
-        ManifestWriter(folder, GEN_SCHEMA, tag=f"killed{w}").add(_row(6000 + w))  # never closed: killed workers
+        killed = ManifestWriter(folder, GEN_SCHEMA, tag=f"killed{w}")
+        killed.add(_row(6000 + w))
+        _killed(killed)
     assert recover(folder, GEN_SCHEMA) == 20
     assert len(reads) == 11  # each shard once, not once per journal
+
+
+def test_recovery_leaves_alone_a_journal_whose_writer_still_lives(tmp_path):
+    """A driver sealing journals while an actor (another process, perhaps another host) still writes one
+    would move rows from under it: a live writer holds an flock on its journal, and recovery skips it."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    folder = tmp_path / "manifest"
+    code = ("import sys, time; from data.manifest import GEN_SCHEMA, ManifestWriter; "
+            f"w = ManifestWriter({str(folder)!r}, GEN_SCHEMA, tag='actor'); "
+            "w.add({'key': 'k0', 'index': 0, 'attempt': 1, 'status': 'ok'}); print('up', flush=True); "
+            "sys.stdin.readline(); w.add({'key': 'k1', 'index': 1, 'attempt': 1, 'status': 'ok'}); w.close()")
+    actor = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    assert actor.stdout.readline().strip() == "up"
+    assert recover(folder, GEN_SCHEMA) == 0 and list(folder.glob(".journal-*-actor.jsonl"))
+    actor.communicate("go\n", timeout=60)  # it writes on into its journal, then seals it itself
+    assert actor.returncode == 0
+    assert sorted(read_manifest(folder)["key"].to_pylist()) == ["k0", "k1"] and not list(folder.glob(".journal-*"))

@@ -216,9 +216,13 @@ class Trickle:
         return self.parts.pop(0), not self.parts
 
 
-def test_work_that_arrives_while_running_is_all_done(tmp_path):
-    rows = run_pool(SleepStage(dir=str(tmp_path)), 0, ["cpu", "cpu"], work=Trickle())
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_work_that_arrives_while_running_is_all_done(tmp_path, executor):
+    """What `score.run --follow` hands an executor: items in polls, the last one marked; on Ray each poll's
+    items are a job of their own."""
+    rows = run_pool(SleepStage(dir=str(tmp_path)), 0, ["cpu", "cpu"], executor, work=Trickle())
     assert sorted(r["key"] for r in rows) == sorted(f"k{p}{i}" for p in range(3) for i in range(3))
+    assert len({(r["key"], r["attempt"]) for r in rows}) == len(rows)  # none twice
 
 
 class DyingLoader(SleepStage):
