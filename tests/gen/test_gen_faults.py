@@ -24,7 +24,8 @@ T2I = ["--model", "tiny:t2i", "--steps", "2", "--height", "32", "--width", "32",
 
 
 class FaultyStage(GenStage):
-    """GenStage whose pipeline raises for prompts containing OUT-OF-MEMORY (a CUDA OOM) or RAISE."""
+    """GenStage whose pipeline raises for prompts containing OUT-OF-MEMORY (a CUDA OOM), RAISE, or STICKY
+    (a CUDA error that leaves the GPU unusable)."""
 
     def load(self, device: str) -> None:
         super().load(device)
@@ -36,6 +37,9 @@ class FaultyStage(GenStage):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
             if any("RAISE" in p for p in prompts):
                 raise RuntimeError("boom inside the pipeline")
+            if any("STICKY" in p for p in prompts):  # what a lost CUDA context raises from then on
+                raise RuntimeError("CUDA error: an illegal memory access was encountered\nCompile with "
+                                   "`TORCH_USE_CUDA_DSA` to enable device-side assertions.")
             return real_call(*args, **kwargs)
 
         self.adapter.pipe = type("Wrapped", (), {"__call__": staticmethod(call)})()
@@ -70,6 +74,17 @@ def test_exception_and_oom_in_one_sample_fail_only_that_sample(tmp_path, tiny_mo
     config.fail_on_error = True
     config.retry_failed = True
     assert run(config, stage=FaultyStage) == 1  # they fail again; --fail-on-error says so
+
+
+def test_a_gpu_in_an_error_state_stops_the_run_and_charges_no_sample(tmp_path, tiny_models):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"p{i}", "prompt": f"a red circle {i}" + " STICKY" * (i == 2)}
+                                              for i in range(4)])
+    config = GenConfig(input=str(src), output_dir=str(tmp_path / "run"), steps=2, height=32, width=32,
+                       true_cfg_scale=1.0, devices="cpu", batch_size=1, progress="none")
+    with pytest.raises(PoolError, match=r"^the GPU is in an error state \(CUDA error: an illegal memory access"):
+        run(config, stage=FaultyStage)
+    final = final_rows(tmp_path / "run")
+    assert "p2" not in final.index and (final["status"] == "ok").all()  # rows before it stay; none charged
 
 
 def test_stale_lock_from_a_killed_run_is_taken_over(prompts16, tmp_path, tiny_models):
