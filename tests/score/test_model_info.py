@@ -70,3 +70,20 @@ def test_context_fits_two_images_at_the_protocols_pixel_range(tiny_models, tmp_p
     length, note = context_length(str(judge), None, 26112)
     assert length == 16384 and "need 26112 positions, above the judge's limit (16384)" in note
     assert "lower --max-pixels" in note
+
+
+def test_dtype_auto_is_the_checkpoints_own(tmp_path, tiny_models, reference):
+    import json
+
+    from score.config import ScoreConfig
+    from score.judge import engine_dtype
+
+    real = str(reference / "model-configs" / "Qwen3-VL-8B-Instruct")  # "dtype": "bfloat16" in its text_config
+    assert engine_dtype(ScoreConfig(), real, "cuda") == "bfloat16"
+    awq = tmp_path / "awq"
+    awq.mkdir()
+    (awq / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", "torch_dtype": "float16"}))
+    assert engine_dtype(ScoreConfig(), str(awq), "cuda") == "float16"  # as GEdit-Bench loads its AWQ judge
+    assert engine_dtype(ScoreConfig(dtype="bf16"), str(awq), "cuda") == "bfloat16"  # a flag wins
+    assert engine_dtype(ScoreConfig(), str(tiny_models["qwen3vl"]), "cpu") == "float32"  # saved in float32
+    assert engine_dtype(ScoreConfig(), "no-such-org/no-such-judge", "cuda") == "bfloat16"  # unknown here
