@@ -3,8 +3,9 @@
 One actor per worker (a GPU, a tensor-parallel group of GPUs, or a CPU slot), anywhere in the
 cluster; each loads one stage (a diffusers pipeline, a vLLM replica) for the whole job and gets
 batches of items through `map_batches`. Each actor writes its own rows to the run's manifest, as
-a local worker does, and sends the driver only each row's key and status; journals of actors that
-Ray tears down are sealed by the runner. The output folder must be on a filesystem every node sees.
+a local worker does, a journal per batch sealed into a shard before its acks go back, and sends the
+driver only each row's key and status; the journal of an actor killed mid-batch is sealed by the
+runner once no process holds it. The output folder must be on a filesystem every node sees.
 
 The fault policy is the local one: a batch whose stage raises is re-run one item at a time inside
 the actor, so only the item at fault gets a failed row. A batch whose actor dies is retried by Ray
@@ -68,8 +69,7 @@ class StageActor:
         node = ray.get_runtime_context().get_node_id()
         self.slot = ray.get(slots.slot.remote(f"{node}/{self.device}" if gpus else f"{node}/{os.getpid()}"))
         stage.load("cuda" if gpus else "cpu")
-        self.stage = stage
-        self.writer = ManifestWriter(output.folder, output.schema, tag=f"ray-{socket.gethostname()}-{os.getpid()}")
+        self.stage, self.output = stage, output
 
     def __call__(self, batch: dict) -> dict:
         items = [json.loads(text) for text in batch["item"]]
@@ -77,11 +77,16 @@ class StageActor:
             rows = self._rows(items)
         except RunFault as exc:  # not the items' fault: the driver stops the run with this line
             return {"ack": [json.dumps({"abort": str(exc)})]}
+        # a journal of its own per batch, sealed into a shard before the acks go back: between batches the
+        # actor holds no journal, so a driver ending the job (or a run after it) never seals one under it
+        writer = ManifestWriter(self.output.folder, self.output.schema,
+                                tag=f"ray-{socket.gethostname()}-{os.getpid()}")
         acks = []
         for row in rows:
             row.update(device=self.device, worker=self.slot)
-            self.writer.add(row)
+            writer.add(row)
             acks.append(json.dumps([row["key"], row.get("status") == "ok", self.stage.line(row)]))
+        writer.close()
         return {"ack": acks}
 
     def _rows(self, items: list[dict]) -> list[dict]:
