@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -286,25 +286,24 @@ class ManifestReader:
         """Rows not returned by an earlier call: new shards' rows and journaled rows not seen before. A
         follower polls this: each poll costs the new rows and the journals, not the whole run."""
         rows = []
-        for path in sorted(self.folder.glob("*.parquet")):
-            if path.name not in self._new_shards:
-                self._new_shards.add(path.name)
-                table = _read_shard(path)
-                rows += table.to_pylist() if table is not None else []
-        for journal in sorted(self.folder.glob(".journal-*.jsonl")):
-            try:
-                rows += _read_journal(journal)
-            except FileNotFoundError:
-                continue  # sealed into a shard just now: the next call reads that shard
+        for name, shard in self._unread_shards(self._new_shards):
+            self._new_shards.add(name)
+            rows += shard
+        rows += self.journal_rows(self._returned)
         fresh = {(r["key"], r["attempt"]): r for r in rows if (r["key"], r["attempt"]) not in self._returned}
         self._returned.update(fresh)
         return list(fresh.values())
 
-    def rows(self) -> list[dict]:
+    def _unread_shards(self, read) -> Iterator[tuple[str, list[dict]]]:
+        """(name, rows) of each shard whose name is not in `read` (a torn one has none)."""
         for path in sorted(self.folder.glob("*.parquet")):
-            if path.name not in self._shards:
+            if path.name not in read:
                 table = _read_shard(path)
-                self._shards[path.name] = table.to_pylist() if table is not None else []
+                yield path.name, table.to_pylist() if table is not None else []
+
+    def rows(self) -> list[dict]:
+        for name, shard in self._unread_shards(self._shards):
+            self._shards[name] = shard
         rows = [row for shard in self._shards.values() for row in shard]
         return rows + self.journal_rows({(row["key"], row["attempt"]) for row in rows})
 

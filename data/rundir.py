@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -148,8 +149,6 @@ class RunDir:
 
 def sample_digest(sample: dict) -> str:
     """A short digest of what defines a sample's output: its prompt, images and category."""
-    import hashlib
-
     text = json.dumps([sample.get(f) for f in SAMPLE_FIELDS], ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

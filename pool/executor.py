@@ -32,8 +32,8 @@ import tempfile
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
-from contextlib import nullcontext, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from multiprocessing.connection import Connection, wait
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -154,9 +154,11 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     try:
         for row in stage.process(QueueFeed(wid, inbox, outbox.send, stage.prefetch)):
             row.update(device=device, worker=slot)
-            _write(writer, row)  # on disk before the parent hears of it: a finished row is never lost
+            with _machine_faults(writer):
+                writer.add(row)  # on disk before the parent hears of it: a finished row is never lost
             outbox.send(("done", wid, row["key"], row.get("status") == "ok", stage.line(row)))
-        _write(writer, None)  # the last rows into a shard
+        with _machine_faults(writer):
+            writer.close()  # the last rows into a shard
     except RunFault as exc:  # not the items' fault: the parent stops the run with this line
         with suppress(OSError):
             writer.close()
@@ -173,11 +175,11 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     os._exit(0)
 
 
-def _write(writer: ManifestWriter, row: dict | None) -> None:
-    """A row into the worker's journal (None: close it into a shard); a journal or shard that cannot be
-    written is the machine's fault."""
+@contextmanager
+def _machine_faults(writer: ManifestWriter) -> Iterator[None]:
+    """A worker's journal or shard that cannot be written is the machine's fault, not its items'."""
     try:
-        writer.add(row) if row is not None else writer.close()
+        yield
     except OSError as exc:
         raise environment_fault(exc) or RunFault(f"cannot write rows to {writer.folder}: {exc}") from None
 

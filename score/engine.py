@@ -23,15 +23,8 @@ from data.models import resolve_model
 from pool.stage import Feed
 from score.config import ScoreConfig
 from score.judge import Judge, Prepared, Request, engine_dtype, processor_kwargs
+from score.model_info import adapter_rank
 from score.stage import ScoreStage
-
-
-def lora_rank(path: str) -> int:
-    """The rank vLLM must be ready for: the adapter's own `r` (adapter_config.json)."""
-    from score.model_info import _config
-
-    config = _config(path, "adapter_config.json") or {}
-    return int(config.get("r", 16))
 
 
 # vLLM's default max_num_seqs (1024 on an H100/H200) is above its largest CUDA-graph batch (512), so
@@ -50,7 +43,7 @@ def engine_args(config: ScoreConfig, device: str, tp: int, template) -> dict:
     return dict(
         model=model, dtype=engine_dtype(config, model, device), tensor_parallel_size=tp,
         max_model_len=config.max_model_len,
-        **({"enable_lora": True, "max_lora_rank": lora_rank(lora), "max_loras": 1} if lora else {}),
+        **({"enable_lora": True, "max_lora_rank": adapter_rank(lora), "max_loras": 1} if lora else {}),
         **({"max_num_seqs": max_num_seqs(config, device)} if max_num_seqs(config, device) else {}),
         enforce_eager=device == "cpu" if config.enforce_eager is None else config.enforce_eager, seed=0,
         **({"quantization": "fp8"} if config.quantize == "fp8" else {}),

@@ -134,8 +134,8 @@ class Judge:
         self.decoding = decoding(config, template)
         self.pixels = pixel_range(config, template)
         # what the judge sees at most: our range, or its processor's own when that is smaller
-        ours = self.pixels.max_pixels if self.pixels else None
-        self.max_pixels = min(p for p in (ours, seen_max_pixels) if p) if (ours or seen_max_pixels) else None
+        known = [p for p in (self.pixels.max_pixels if self.pixels else None, seen_max_pixels) if p]
+        self.max_pixels = min(known) if known else None
 
     @property
     def parser(self):
@@ -181,7 +181,7 @@ class Judge:
             for n in range(self.template.num_pass):
                 for q in self.template.questions:
                     name = q.name if self.template.num_pass == 1 else f"{q.name}#{n}"
-                    messages = self.messages(q, item.get("prompt") or "")
+                    messages = self.messages(q, text)
                     grammar = self._bounded(q.schema) if self.decoding == "schema" else None
                     prepared.requests.append(Request(name, self._render(messages), [images[r] for r in q.images],
                                                      grammar, seed + n, messages))

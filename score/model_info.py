@@ -54,6 +54,11 @@ def checkpoint_dtype(model: str) -> str | None:
     return None
 
 
+def adapter_rank(adapter: str, default: int = 16) -> int:
+    """A LoRA adapter's rank, from its adapter_config.json (`r`): what vLLM must be ready for."""
+    return int((_config(adapter, "adapter_config.json") or {}).get("r", default))
+
+
 def processor_pixels(model: str) -> tuple[int, int, int] | None:
     """(min pixels, max pixels, side factor) of the judge's own image processor (Qwen-VL's
     preprocessor_config.json: size.shortest_edge/longest_edge or min/max_pixels; patch x merge), or None."""
