@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Union
+
+# What an image may be given as: a path, encoded bytes, or a PIL image (typed loosely: PIL loads lazily).
+ImageInput = Union[str, Path, bytes, Any]
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
-def open_rgb(path: str | None, pixels: PixelRange | None = None, resize_to: tuple[int, int] | None = None):
+def open_rgb(path: ImageInput | None, pixels: PixelRange | None = None, resize_to: tuple[int, int] | None = None):
     """An RGB image, first resized to exactly `resize_to` when given (PIL's default resampling, bicubic,
     as the references' `resize(size)` calls), then brought into `pixels` (bicubic, as qwen-vl-utils).
     Raises with a readable reason for a missing, empty or undecodable file."""
@@ -68,15 +74,23 @@ def open_rgb(path: str | None, pixels: PixelRange | None = None, resize_to: tupl
     return image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
 
 
-def image_size(path: str | None) -> tuple[int, int]:
+def image_size(path: ImageInput | None) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding the pixels."""
     with _open(path) as image:
         return image.size
 
 
-def _open(path: str | None):
+def _open(path: ImageInput | None):
+    """A context manager over the image: a file (a path), encoded bytes (PNG, JPEG... as a request
+    sends them) or a PIL image already in memory (left open: it is the caller's)."""
     from PIL import Image
 
+    if isinstance(path, Image.Image):
+        return nullcontext(path)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        if not path:
+            raise ValueError("empty image bytes")
+        return Image.open(io.BytesIO(path))
     if not path:
         raise ValueError("no image path given")
     if not Path(path).is_file():

@@ -132,7 +132,7 @@ def _to_log(path: str) -> None:
 
 def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: Stage, output: Output,
                  inbox: Any, outbox: Connection, load_lock: str | None, log_path: str | None,
-                 spawned_at: float) -> None:
+                 spawned_at: float, rows_back: bool) -> None:
     up = time.time()  # the interpreter has started and imported the stage's modules (to unpickle it)
     _own_process_group()
     os.environ.update(env)
@@ -156,7 +156,7 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
             row.update(device=device, worker=slot)
             with _machine_faults(writer):
                 writer.add(row)  # on disk before the parent hears of it: a finished row is never lost
-            outbox.send(("done", wid, row["key"], row.get("status") == "ok", stage.line(row)))
+            outbox.send(("done", wid, row["key"], row.get("status") == "ok", stage.line(row), row if rows_back else None))
         with _machine_faults(writer):
             writer.close()  # the last rows into a shard
     except RunFault as exc:  # not the items' fault: the parent stops the run with this line
@@ -221,6 +221,9 @@ class LocalExecutor:
     def run(self, stage: Stage, work: Work, output: Output, progress: Progress | None = None) -> None:
         ctx = mp.get_context("spawn")
         self._ctx, self._stage, self._output, self._progress, self._work = ctx, stage, output, progress, work
+        # A work that takes its rows back (pool/stream.py: requests) rings `wakeup` when items arrive.
+        self._rows_back = callable(getattr(work, "finished", None))
+        self._wakeup = getattr(work, "wakeup", None)
         self._lock = tempfile.mkstemp(prefix="genscore-load-")[1] if self.policy.serial_load else None
         self._queue: deque[dict] = deque()
         self._suspects: deque[list[dict]] = deque()  # items of dead workers, each group to run alone
@@ -253,7 +256,7 @@ class LocalExecutor:
 
     def _poll(self) -> None:
         """Take the items that arrived since the last look (all of them at once for a fixed list)."""
-        if self._last_items or time.monotonic() - self._last_poll < POLL_S:
+        if self._last_items or (self._wakeup is None and time.monotonic() - self._last_poll < POLL_S):
             return
         self._last_poll = time.monotonic()
         items, self._last_items = self._work.poll()
@@ -274,7 +277,7 @@ class LocalExecutor:
         process = self._ctx.Process(
             target=_worker_main, name=f"genscore-worker-{wid}", daemon=False,
             args=(wid, slot, self.devices[slot], self._envs[slot], self._stage, self._output, inbox, send,
-                  self._lock, log_path, time.time()),
+                  self._lock, log_path, time.time(), self._rows_back),
         )
         process.start()
         send.close()  # the child holds the write end; EOF then means it is gone
@@ -287,8 +290,13 @@ class LocalExecutor:
         if time.monotonic() - self._last_check > 1.0:
             self._check_workers()
         by_conn = {w.conn: w for w in self._workers.values()}
-        for conn in wait(list(by_conn), timeout=0.5):
-            self._drain(by_conn[conn])
+        bell = [self._wakeup] if self._wakeup is not None else []
+        for conn in wait(list(by_conn) + bell, timeout=0.5):
+            if conn is self._wakeup:
+                self._work.drain_wakeup()
+                self._poll()
+            else:
+                self._drain(by_conn[conn])
 
     def _drain(self, worker: _Worker) -> None:
         """Handle every message waiting on a worker's pipe. Only the pipe's own errors mean the
@@ -313,12 +321,14 @@ class LocalExecutor:
         if kind == "ready":
             worker.ready = self._ever_ready = True
             self._first_ready_at = self._first_ready_at or time.monotonic()
+            if self._progress:
+                self._progress.worker_ready(worker.slot)
             self._dispatch()
         elif kind == "want":
             worker.asked += message[2]
             self._dispatch()
         elif kind == "done":
-            self._finish(worker, message[2], message[3], message[4])
+            self._finish(worker, message[2], message[3], message[4], message[5])
         elif kind == "fatal":
             self._fatal(worker, message[2], message[3])
         elif kind == "abort":
@@ -341,7 +351,7 @@ class LocalExecutor:
         outstanding = (len(self._queue) + sum(map(len, self._suspects))
                        + sum(len(w.held) for w in self._workers.values()))
         share = -(-outstanding // max(1, len(self._workers)))  # ceil of an even share of the work left
-        for worker in self._workers.values():
+        for worker in sorted(self._workers.values(), key=lambda w: len(w.held)):  # the least loaded first
             n = min(worker.asked, len(self._queue), share - len(worker.held))
             if n > 0 and not worker.isolating:
                 self._send(worker, [self._queue.popleft() for _ in range(n)])
@@ -354,7 +364,7 @@ class LocalExecutor:
         worker.held.update({item["key"]: item for item in items})
         worker.inbox.put({"items": items, "asked": asked})
 
-    def _finish(self, worker: _Worker, key: str, ok: bool, line: str | None) -> None:
+    def _finish(self, worker: _Worker, key: str, ok: bool, line: str | None, row: dict | None = None) -> None:
         now = time.monotonic()
         worker.busy_s += now - worker.progress_at
         worker.progress_at, worker.rows = now, worker.rows + 1
@@ -365,6 +375,8 @@ class LocalExecutor:
             say(line)
         if self._progress:
             self._progress.row(worker.slot, ok)
+        if row is not None:
+            self._work.finished(row)
         self._dispatch()  # asks held back by the even-share cap are served as work drains
 
     def _fatal(self, worker: _Worker, message: str, where: str) -> None:
@@ -448,7 +460,7 @@ class LocalExecutor:
         row = self._stage.failed_row(item, reason)
         row.update(device=worker.device, worker=worker.slot)
         self._writer.add(row)
-        self._finish(worker, row["key"], False, self._stage.line(row))
+        self._finish(worker, row["key"], False, self._stage.line(row), row if self._rows_back else None)
 
     def _shutdown(self, graceful: bool) -> None:
         """Let workers finish (their engines shut down cleanly), then kill what is left."""

@@ -66,6 +66,9 @@ class Progress:
                     leave=False, dynamic_ncols=True,
                 )
 
+    def worker_ready(self, slot: int) -> None:
+        """A worker has loaded its stage (a service counts these for its health)."""
+
     def row(self, slot: int, ok: bool) -> None:
         s = self.slots.setdefault(slot, _Slot("?"))
         s.ok, s.failed = s.ok + ok, s.failed + (not ok)

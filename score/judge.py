@@ -116,6 +116,13 @@ class Prepared:
     started_at: float = field(default_factory=time.time)
 
 
+def image_of(item: dict, role: str):
+    """A sample's image in a role (`image`: judged; `source`: the edit's input): the one a request sent in
+    memory (`image_data`, `source_data`: bytes or a PIL image, see score/scorer.py), else its file."""
+    data = item.get(f"{role}_data")
+    return data if data is not None else item.get("image_path" if role == "image" else "source_image")
+
+
 @dataclass(frozen=True)
 class Reading:
     """The answers of one asking, read: per pass {question: answer}, or why not."""
@@ -195,10 +202,10 @@ class Judge:
         roles = {r for q in self.template.questions for r in q.images}
         images = {}
         if "source" in roles:
-            images["source"] = open_rgb(item.get("source_image"), self.pixels)
+            images["source"] = open_rgb(image_of(item, "source"), self.pixels)
         if "image" in roles:
-            size = image_size(item.get("source_image")) if self.template.resize_to_source and "source" in roles else None
-            images["image"] = open_rgb(item.get("image_path"), self.pixels, resize_to=size)
+            size = image_size(image_of(item, "source")) if self.template.resize_to_source and "source" in roles else None
+            images["image"] = open_rgb(image_of(item, "image"), self.pixels, resize_to=size)
         return images
 
     def _render(self, messages: list[dict]) -> str:

@@ -19,7 +19,7 @@ from data.sources import INDEX_IDS_NOTE, Columns, InputError, ids_from_index, on
 from pool.devices import Placement, gpu_memory_gib, physical_gpus, place, require_fp8_gpus
 from pool.executor import die_with_parent
 from pool.runner import RunSettings, StageSpec, run_stage
-from pool.stage import FaultPolicy, FixedWork, PoolError, RunFault, Work
+from pool.stage import FaultPolicy, FixedWork, PoolError, RunFault, Stage, Work
 from score.api_backend import OpenAIStage, api_host, check_endpoint
 from score.config import RUNTIME_FIELDS, ScoreConfig
 from score.engine import VLLMStage
@@ -218,6 +218,32 @@ def follow_work(config: ScoreConfig, input_path: str, gen_process=None) -> tuple
     return FollowedWork(follow, task, config.categories), task
 
 
+def prepare_judge(config: ScoreConfig, template: Template) -> tuple[ScoreConfig, Placement]:
+    """The config as the replicas run it (the API's base URL, the context length) and where they run,
+    after the checks that refuse a judge before any worker starts. Every door (score.run, the Python API,
+    the HTTP service) starts its judge through here."""
+    if config.backend == "openai":
+        config = dataclasses.replace(config, api_base=config.api_base or OPENAI_BASE)
+        check_endpoint(config)
+    else:
+        config = fit_context(config, template)
+    where = placement(config)
+    check_lora(config)
+    check_quantize(config, where.devices)
+    check_memory(config, where.devices)
+    return config, where
+
+
+def judge_stage(config: ScoreConfig, task: str) -> Stage:
+    """The stage one replica runs (`task` sets its engine; each sample's own task picks its questions)."""
+    return STAGES[config.backend](replica_config(config), task)
+
+
+def fault_policy(config: ScoreConfig) -> FaultPolicy:
+    return FaultPolicy(max_retries=config.max_retries, serial_load=config.replicas_per_gpu > 1,
+                       item_timeout_s=config.item_timeout, load_timeout_s=config.load_timeout)
+
+
 def run(config: ScoreConfig) -> int:
     gen_process = None
     if config.gen_config:
@@ -248,22 +274,13 @@ def score(config: ScoreConfig, input_path: str, gen_process: subprocess.Popen | 
             raise InputError(f"{input_path}: no samples to show prompts for")
         print_prompts(template, first)
         return 0
-    if config.backend == "openai":
-        config = dataclasses.replace(config, api_base=config.api_base or OPENAI_BASE)
-        check_endpoint(config)
-    else:
-        config = fit_context(config, template)
-    where = placement(config)
-    check_lora(config)
-    check_quantize(config, where.devices)
-    check_memory(config, where.devices)
-    spec = StageSpec("score", STAGES[config.backend](replica_config(config), task), SCORE_SCHEMA, to_dict(config),
+    config, where = prepare_judge(config, template)
+    spec = StageSpec("score", judge_stage(config, task), SCORE_SCHEMA, to_dict(config),
                      identity(config, template), identity(ScoreConfig()), config_file="score.json", unit="sample")
     settings = RunSettings(
         executor=config.engine, force=config.force, retry_failed=config.retry_failed, progress=config.progress,
         verbose=config.verbose, ray_address=config.ray_address, ray_batch_size=config.window or 256,
-        policy=FaultPolicy(max_retries=config.max_retries, serial_load=config.replicas_per_gpu > 1,
-                           item_timeout_s=config.item_timeout, load_timeout_s=config.load_timeout),
+        policy=fault_policy(config),
     )
     print(f"score: {input_path} ({task}, {template.name} v{template.version}, {decoding(config, template)} decoding)"
           + (", following it as it is generated" if following else ""), file=sys.stderr)

@@ -57,7 +57,8 @@ class ScoreStage(Stage):
 
     def process(self, feed: Feed) -> Iterator[dict]:
         for row in self.rows(feed):
-            if self.config.write_txt and row.get("status") == "ok" and row.get("caption") is not None:
+            if self.config.write_txt and row.get("status") == "ok" and row.get("caption") is not None \
+                    and row.get("image_path"):  # an image sent in memory has no folder to write beside
                 write_caption(row)
             yield row
 
