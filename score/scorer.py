@@ -163,8 +163,10 @@ class Scorer:
         self._thread.join()
         recover(self.log_dir / "manifest", SCORE_SCHEMA)  # journals of replicas that were killed
         self._rundir.unlock()
-        if self._own_dir:
+        if self._own_dir and self.replicas.error is None:
             shutil.rmtree(self.log_dir, ignore_errors=True)
+        elif self._own_dir:  # the workers' logs say why the replicas stopped
+            print(f"genscore: the replicas' logs are kept in {self.log_dir / 'logs'}", file=sys.stderr)
 
     def __enter__(self) -> "Scorer":
         return self

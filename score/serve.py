@@ -251,7 +251,10 @@ def create_app(scorer: Scorer, config: ServeConfig):
             return error(f"busy: {exc}; retry after {wait} s", 429, route, {"Retry-After": str(wait)})
         except RuntimeError as exc:  # the pool stopped or is shutting down
             return error(str(exc), 503, route)
-        return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        try:
+            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        except RuntimeError as exc:  # the replicas stopped for good while these were pending
+            return error(str(exc), 503, route)
 
     @app.post("/v1/score")
     async def score(request: Request):
