@@ -18,6 +18,8 @@ run (--ignore-eos, one ask): equal work on both sides.
   (base64 PNGs, as verl-omni's scorers send them) until every item is answered.
 - serve_batch: the same server, every item of a second workload (other images, so that nothing hits the
   caches the first one filled) in one request.
+- serve_paths: as serve_batch on a third workload, the images named by path (--allow-paths) instead of sent:
+  what moving the images costs.
 - file_batch: `score.run` over the same items as a JSONL file.
 Reported per mode: rewards/s (per GPU: one GPU here), exposed reward time (last item sent -> last reward
 back), p50/p99 latency of a group of `--edits` (first item of the group sent -> its last reward back), GPU busy.
@@ -180,10 +182,11 @@ class Server:
         self.proc.wait(120)
 
 
-def encoded(items: list[dict]) -> list[dict]:
-    """The requests' items, images as base64 PNG (encoded before the clock starts, as a trainer holds them)."""
+def encoded(items: list[dict], paths: bool = False) -> list[dict]:
+    """The requests' items, images as base64 PNG (encoded before the clock starts, as a trainer holds them),
+    or with `paths` as the files' paths (the server reads them: --allow-paths)."""
     def b64(path: str) -> str:
-        return base64.b64encode(Path(path).read_bytes()).decode()
+        return path if paths else base64.b64encode(Path(path).read_bytes()).decode()
     sources: dict[str, str] = {}
     return [{"id": i["id"], "prompt": i["instruction"], "image": b64(i["image_path"]),
              "source_image": sources.setdefault(i["source_image"], b64(i["source_image"]))} for i in items]
@@ -262,7 +265,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="reward-bench-"))
     model = resolve_model(args.model) if args.model else str(
         build_model_dir(Path.home() / ".cache" / "genscore-bench" / f"qwen3-vl-{args.shape}-shape", shape=args.shape))
-    items, other_items = write_items(work / "images", args.prompts, args.edits, args.size)
+    items, other_items, third = write_items(work / "images", args.prompts, args.edits, args.size, sets=3)
     modes = args.modes.split(",")
     result: dict = {"workload": f"{args.prompts} prompts x {args.edits} edits, {args.size}px, {args.clients} clients",
                     "model": args.model or f"qwen3-vl-{args.shape} shape, dummy weights"}
@@ -274,13 +277,13 @@ def main() -> None:
         length = round(result["editscore_server"]["answer_tokens"]) if "editscore_server" in result else args.answer_tokens
         flags = judge_flags(model, args.device, length or 512)
         result["answer_tokens"] = length
-        if {"serve_single", "serve_batch"} & set(modes):
-            server = Server(flags, work / "serve.log")
+        if {"serve_single", "serve_batch", "serve_paths"} & set(modes):
+            server = Server([*flags, "--allow-paths", str(work), "--max-body-mb", "4096"], work / "serve.log")
             result["serve_startup_s"] = server.startup_s
             try:
-                for mode, workload in (("serve_single", items), ("serve_batch", other_items)):
+                for mode, workload in (("serve_single", items), ("serve_batch", other_items), ("serve_paths", third)):
                     if mode in modes:
-                        payloads = encoded(workload)
+                        payloads = encoded(workload, paths=mode == "serve_paths")
                         send = send_single(server.url, workload, payloads, args.clients) if mode == "serve_single" \
                             else send_batch(server.url, workload, payloads)
                         sent, back, t0 = asyncio.run(send)
