@@ -57,6 +57,19 @@ def write_pairs(folder: Path, pairs: int, size: int) -> Path:
     return folder / "pairs.jsonl"
 
 
+def count_outputs(llm) -> list[int]:
+    """The output lengths of every later `llm.generate` call (EditScore's results do not keep them)."""
+    counts: list[int] = []
+    generate = llm.generate
+
+    def counting(*call_args, **kwargs):
+        outputs = generate(*call_args, **kwargs)
+        counts.extend(len(o.outputs[0].token_ids) for o in outputs)
+        return outputs
+    llm.generate = counting
+    return counts
+
+
 def run_editscore(model: str, pairs: Path, monitor: Monitor, engine: dict | None = None) -> dict:
     """EditScore's batch_evaluate as its users run it; `engine` overrides its vLLM settings."""
     import editscore.mllm_tools.qwen3vl_vllm as backend
@@ -72,15 +85,8 @@ def run_editscore(model: str, pairs: Path, monitor: Monitor, engine: dict | None
     rows = [json.loads(line) for line in pairs.read_text().splitlines()]
     images = [[Image.open(folder / r["source_image"]).convert("RGB"), Image.open(folder / r["image_path"]).convert("RGB")]
               for r in rows]
-    llm, counts = scorer.model.model, []
-    generate = llm.generate
-
-    def counting(*call_args, **kwargs):  # output lengths, which its results do not keep
-        outputs = generate(*call_args, **kwargs)
-        counts.extend(len(o.outputs[0].token_ids) for o in outputs)
-        return outputs
-
-    llm.generate = counting
+    llm = scorer.model.model
+    counts = count_outputs(llm)
     t0 = time.time()
     results = scorer.batch_evaluate(images, [r["instruction"] for r in rows])
     elapsed = time.time() - t0

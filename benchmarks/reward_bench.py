@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from protocol_bench import count_outputs  # noqa: E402
 from score_bench import Monitor, build_model_dir, write_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,14 +99,8 @@ def run_editscore_server(model: str, items: list[dict], clients: int, monitor: M
     scorer = EditScore(backbone="qwen3vl_vllm", model_name_or_path=model, score_range=25, num_pass=1,
                        **EDITSCORE_SERVER)
     startup = time.time() - start
-    llm, counts = scorer.model.model, []
-    generate = llm.generate
-
-    def counting(*call_args, **kwargs):  # output lengths, which its results do not keep
-        outputs = generate(*call_args, **kwargs)
-        counts.extend(len(o.outputs[0].token_ids) for o in outputs)
-        return outputs
-    llm.generate = counting
+    llm = scorer.model.model
+    counts = count_outputs(llm)
     requests: queue.Queue = queue.Queue()
 
     def worker() -> None:  # reward_server.py's vlm_worker: one request at a time

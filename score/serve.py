@@ -237,8 +237,9 @@ def create_app(scorer: Scorer, config: ServeConfig):
                 return error("missing or wrong bearer token (Authorization: Bearer <--api-key>)", 401, request.url.path)
         return await call_next(request)
 
-    async def scored(items: list[dict], route: str) -> list[dict] | JSONResponse:
-        """The rows of `items` once all are judged, or the error response that refuses them."""
+    async def scored(items: list[dict], route: str, started: float) -> list[dict] | JSONResponse:
+        """The rows of `items` once all are judged (counted in the metrics), or the error response that
+        refuses them."""
         if len(items) > config.max_pending:  # could never fit: not a 429 to retry forever
             return error(f"{len(items)} items in one request; the service holds at most {config.max_pending} at "
                          "once (--max-pending)", 400, route)
@@ -252,9 +253,12 @@ def create_app(scorer: Scorer, config: ServeConfig):
         except RuntimeError as exc:  # the pool stopped or is shutting down
             return error(str(exc), 503, route)
         try:
-            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+            rows = list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
         except RuntimeError as exc:  # the replicas stopped for good while these were pending
             return error(str(exc), 503, route)
+        metrics.answered(rows, started)
+        metrics.requests.labels(route, "200").inc()
+        return rows
 
     @app.post("/v1/score")
     async def score(request: Request):
@@ -267,12 +271,8 @@ def create_app(scorer: Scorer, config: ServeConfig):
             return error(str(exc), exc.status, "/v1/score")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return error(f"the body is not JSON: {exc}", 400, "/v1/score")
-        rows = await scored(items, "/v1/score")
-        if isinstance(rows, Response):
-            return rows
-        metrics.answered(rows, started)
-        metrics.requests.labels("/v1/score", "200").inc()
-        return JSONResponse({"rows": rows})
+        rows = await scored(items, "/v1/score", started)
+        return rows if isinstance(rows, Response) else JSONResponse({"rows": rows})
 
     @app.get("/health")
     async def health():
@@ -304,11 +304,9 @@ def create_app(scorer: Scorer, config: ServeConfig):
             return error(str(exc), exc.status, "/")
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
             return error(f"not a pickled EditScore request: {exc}", 400, "/")
-        rows = await scored(items, "/")
+        rows = await scored(items, "/", started)
         if isinstance(rows, Response):
             return rows
-        metrics.answered(rows, started)
-        metrics.requests.labels("/", "200").inc()
         answer = editscore_answer(rows, data["meta_datas"])
         return Response(pickle.dumps(answer), media_type="application/octet-stream")
 
