@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -75,6 +76,7 @@ class Scorer:
         self.identity = identity(self.config, template)
         self._seq = itertools.count()
         self._closed = False
+        self._spill = spill_dir()
         self._own_dir = log_dir is None
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="genscore-scorer-"))
         self._rundir = RunDir(self.log_dir, config_name="score.json")
@@ -112,12 +114,19 @@ class Scorer:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self.replicas.ready_event.wait(timeout) and self.ready
 
-    def submit(self, items: Iterable[dict]) -> list[Future]:
+    def submit(self, items_in: Iterable[dict]) -> list[Future]:
         """Queue items; a Future per item, resolved with its row. Raises ItemError for an item that cannot
         be judged (nothing of the call is queued then), pool.stream.QueueFull past `max_pending`."""
-        items = [self.item(raw) for raw in items]
-        futures = self.work.put(items)
-        return [_with_id(future, item["sample_id"]) for future, item in zip(futures, items)]
+        items = []
+        try:
+            for raw in items_in:
+                items.append(self.item(raw))
+            futures = self.work.put(items)
+        except BaseException:
+            for item in items:
+                _unspill(item)
+            raise
+        return [_with_id(future, item) for future, item in zip(futures, items)]
 
     def score(self, items: Iterable[dict]) -> list[dict]:
         """The rows of `items`, in order (one per item: failed ones carry `status` failed and `error`)."""
@@ -152,6 +161,10 @@ class Scorer:
         for role, value in (("image", image), ("source", source)):
             if value is not None:
                 item.update(_image_fields(role, value, sample_id))
+            if isinstance(item.get(f"{role}_data"), bytes):  # see spill_dir
+                spilled = self._spill / f"{seq}-{role}"
+                spilled.write_bytes(item[f"{role}_data"])
+                item[f"{role}_data"] = spilled
         return item
 
     def close(self) -> None:
@@ -162,6 +175,7 @@ class Scorer:
         self.work.close()
         self._thread.join()
         recover(self.log_dir / "manifest", SCORE_SCHEMA)  # journals of replicas that were killed
+        shutil.rmtree(self._spill, ignore_errors=True)
         self._rundir.unlock()
         if self._own_dir and self.replicas.error is None:
             shutil.rmtree(self.log_dir, ignore_errors=True)
@@ -257,15 +271,48 @@ def _as_array(value: Any):
     return array
 
 
-def _with_id(future: Future, sample_id: str) -> Future:
+def _with_id(future: Future, item: dict) -> Future:
     """The row as the caller knows it: `key` is the item's own id (the replicas ran it under a key unique
-    among pending items)."""
+    among pending items). Its spilled images go once it has its row (retries in isolation read them too)."""
     out: Future = Future()
 
     def done(f: Future) -> None:
+        _unspill(item)
         if f.exception() is not None:
             out.set_exception(f.exception())
         else:
-            out.set_result({**f.result(), "key": sample_id})
+            out.set_result({**f.result(), "key": item["sample_id"]})
     future.add_done_callback(done)
     return out
+
+
+SPILL_ROOT = Path("/dev/shm")
+
+
+def spill_dir() -> Path:
+    """Where a request's encoded images wait for their replica: a file each in memory (tmpfs), so that the
+    replica's decode threads read them and its queue carries only names. Pickled through the queue instead,
+    they are read by the replica's engine loop (measured: 7.0 vs 9.1 rewards/s on one H100, BENCHMARKS.md).
+    Folders left by a service that was killed are removed first."""
+    root = SPILL_ROOT if SPILL_ROOT.is_dir() and os.access(SPILL_ROOT, os.W_OK) else Path(tempfile.gettempdir())
+    for stale in root.glob("genscore-images-*"):
+        pid = stale.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"genscore-images-{os.getpid()}-", dir=root))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+def _unspill(item: dict) -> None:
+    for role in ("image", "source"):
+        if isinstance(item.get(f"{role}_data"), Path):
+            item[f"{role}_data"].unlink(missing_ok=True)

@@ -265,8 +265,8 @@ def create_app(scorer: Scorer, config: ServeConfig):
         started = time.monotonic()
         try:
             body = await read_body(request, limit)
-            payload = json.loads(body)
-            items = json_items(payload, config)
+            # off the event loop: a large body takes seconds to parse, and other requests go on meanwhile
+            items = await asyncio.to_thread(lambda: json_items(json.loads(body), config))
         except RequestError as exc:
             return error(str(exc), exc.status, "/v1/score")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

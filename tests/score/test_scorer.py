@@ -46,6 +46,7 @@ def test_rows_are_score_runs_rows_whatever_form_the_image_takes(scorer, scored_r
             assert json.loads(row["raw_response"]) == json.loads(want["raw_response"]), form
             assert row["overall"] == pytest.approx(want["overall"]), form
             assert row["image_path"] == (paths[row["key"]] if form == "path" else None)
+    assert not list(scorer._spill.iterdir()), "images sent as bytes wait in memory files until their rows are back"
 
 
 def test_ascore_and_edits_with_a_source(scorer):
