@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,10 +282,16 @@ class TaskAdapter:
         self.accepts = check_task(type(pipe), task)
         self.max_batch = 1 if type(pipe).__name__ in SINGLE_SAMPLE else None
 
-    def __call__(self, prompts: list[str], images: list | None, generators: list, params: Params) -> list[np.ndarray]:
+    def __call__(self, prompts: list[str], images: list | None, generators: list, params: Params,
+                 on_step: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
         kwargs: dict[str, Any] = {
             "prompt": prompts, "generator": generators, "num_inference_steps": params.steps, "output_type": "np",
         }
+        if on_step is not None and "callback_on_step_end" in self.accepts:
+            def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+                on_step(step + 1, params.steps)
+                return tensors
+            kwargs["callback_on_step_end"] = step_end
         if images is not None:
             kwargs["image"] = images  # always a list: a single image is resized differently
         if params.height and params.width and "height" in self.accepts:

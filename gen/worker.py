@@ -116,7 +116,7 @@ class GenStage(Stage):
             try:
                 generators = [torch.Generator("cpu").manual_seed(r["seed"]) for r in ready]
                 outputs = self.adapter([r["prompt"] for r in ready], images if self.config.task == "edit" else None,
-                                       generators, params)
+                                       generators, params, on_step=self.steps)
                 for row, output in zip(ready, outputs):
                     self._save(row, output)
             except Exception as exc:  # noqa: BLE001 - out of memory, pipeline errors: failed rows

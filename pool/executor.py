@@ -145,6 +145,7 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
         traceback.print_exc()  # into the worker's log (or the terminal with --verbose)
         outbox.send(("fatal", wid, one_line(f"{type(exc).__name__}: {exc}"), log_path or "the output above"))
         return
+    stage.steps = StepSender(wid, outbox.send)
     writer = ManifestWriter(output.folder, output.schema, tag=f"worker{slot}")
     # Where a start went, in the worker's log (benchmarks/score_bench.py reads it back).
     now = datetime.now()
@@ -173,6 +174,24 @@ def _worker_main(wid: int, slot: int, device: str, env: dict[str, str], stage: S
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+class StepSender:
+    """A stage's `steps` in a worker: the item in flight's progress to the parent, at most every STEP_EVERY_S
+    (a tiny model's steps take milliseconds) and always its last step."""
+
+    def __init__(self, wid: int, send: Callable[[tuple], None]):
+        self.wid, self.send, self.last = wid, send, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < STEP_EVERY_S:
+            return
+        self.last = now
+        self.send(("step", self.wid, done, total))
+
+
+STEP_EVERY_S = 0.2
 
 
 @contextmanager
@@ -333,6 +352,9 @@ class LocalExecutor:
             self._fatal(worker, message[2], message[3])
         elif kind == "abort":
             raise PoolError(message[2])
+        elif kind == "step":
+            if self._progress:
+                self._progress.step(worker.slot, message[2], message[3])
         elif kind == "exit":
             worker.done = True
 

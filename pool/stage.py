@@ -76,6 +76,10 @@ class Stage(Protocol):
         """The row of an item that could not be processed (its worker died, its batch broke)."""
         ...
 
+    def steps(self, done: int, total: int) -> None:
+        """Called by the stage on its way through the item in flight (a diffusion pipeline's denoising
+        steps). A no-op here; an executor that shows progress replaces it on its worker's copy."""
+
     def line(self, row: dict) -> str | None:
         """A line the driver prints for a finished row (e.g. --print-samples), or None."""
         return None

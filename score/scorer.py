@@ -215,6 +215,9 @@ class Replicas:
         if self.all_ready:
             self.ready_event.set()
 
+    def step(self, slot: int, done: int, total: int) -> None:
+        pass
+
     def row(self, slot: int, ok: bool) -> None:
         self.ok, self.failed = self.ok + ok, self.failed + (not ok)
 
