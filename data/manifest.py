@@ -58,6 +58,12 @@ _GEN = [
     ("height", pa.int32()),
     ("width", pa.int32()),
     ("dtype", pa.string()),
+    # one image's time by phase, from the host clock at the pipeline's step callbacks (a batch's share each):
+    # text/image encoding before the first step, the denoising steps, VAE decoding after the last, the file
+    ("encode_s", pa.float64()),
+    ("denoise_s", pa.float64()),
+    ("decode_s", pa.float64()),
+    ("save_s", pa.float64()),
 ]
 
 _SCORE = [

@@ -115,10 +115,14 @@ class GenStage(Stage):
         if ready:
             try:
                 generators = [torch.Generator("cpu").manual_seed(r["seed"]) for r in ready]
+                clock = PhaseClock(self.steps)
                 outputs = self.adapter([r["prompt"] for r in ready], images if self.config.task == "edit" else None,
-                                       generators, params, on_step=self.steps)
+                                       generators, params, on_step=clock.step)
+                phases = clock.phases(len(ready))
                 for row, output in zip(ready, outputs):
+                    saving = time.time()
                     self._save(row, output)
+                    row.update(phases, save_s=time.time() - saving)
             except Exception as exc:  # noqa: BLE001 - out of memory, pipeline errors: failed rows
                 fault = environment_fault(exc)
                 if fault:  # a full disk, a lost GPU: no sample's fault, so none is charged with it
@@ -152,6 +156,28 @@ class GenStage(Stage):
         os.replace(tmp, self.images_dir / name)  # a reader never sees half an image
         fsync_dir(self.images_dir)
         row.update(status="ok", image_path=f"images/{name}", height=pixels.shape[0], width=pixels.shape[1])
+
+
+class PhaseClock:
+    """Where a pipeline call's time goes, from the host clock at its step callbacks: encoding until the first
+    step ends (less one step), the steps, decoding after the last. Each step is also passed on to `steps`
+    (the live view). A pipeline without step callbacks leaves the phases unknown."""
+
+    def __init__(self, steps):
+        self.forward, self.start, self.ticks = steps, time.time(), []
+
+    def step(self, done: int, total: int) -> None:
+        self.ticks.append(time.time())
+        self.forward(done, total)
+
+    def phases(self, images: int) -> dict:
+        if not self.ticks:
+            return {}
+        first, last = self.ticks[0], self.ticks[-1]
+        per_step = (last - first) / (len(self.ticks) - 1) if len(self.ticks) > 1 else first - self.start
+        share = {"encode_s": max(0.0, first - self.start - per_step), "denoise_s": per_step * len(self.ticks),
+                 "decode_s": time.time() - last}
+        return {k: v / images for k, v in share.items()}
 
 
 def area_size(size: tuple[int, int], area: int) -> tuple[int, int]:

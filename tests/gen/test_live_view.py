@@ -1,9 +1,9 @@
 """The live view (pool/progress.py): each worker's denoising steps reach its bar, through the real tiny
-pipeline on two CPU workers; no GPU figures and no noise where there is no NVML."""
+pipeline on two CPU workers; no GPU figures and no noise where there is no NVML; each row's time by phase."""
 
 from __future__ import annotations
 
-from data.manifest import GEN_SCHEMA
+from data.manifest import GEN_SCHEMA, read_manifest
 from gen.config import GenConfig
 from gen.worker import GenStage
 from pool.devices import Placement
@@ -37,6 +37,12 @@ def test_denoising_steps_reach_each_workers_bar(tmp_path, tiny_models, capfd):
     assert all(total == 6 for _, _, total in progress.steps)
     for slot in slots:
         assert (slot, 6, 6) in progress.steps, "an image's last step is always shown"
+    rows = read_manifest(tmp_path / "run" / "manifest").to_pylist()
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    for row in rows:  # the phases of each image, from the same step callbacks
+        phases = [row[k] for k in ("encode_s", "denoise_s", "decode_s", "save_s")]
+        assert all(p is not None and p >= 0 for p in phases) and row["denoise_s"] > 0
+        assert sum(phases) <= row["duration_s"] * 1.05 + 0.01
     table = progress.table()
     assert "gpu util" not in table and "peak mem" not in table  # no GPU: no empty columns
     assert "nvml" not in capfd.readouterr().err.lower()
