@@ -288,6 +288,10 @@ class LocalExecutor:
     def _spawn(self, slot: int) -> None:
         wid, self._next_wid = self._next_wid, self._next_wid + 1
         inbox = self._ctx.Queue()
+        # This process must not wait at exit to feed a worker's queue: a worker that died leaves the items it
+        # never read in the pipe, and images sent in memory fill it. A live worker is sent its end (None) and
+        # waited for in _shutdown, while the queue's thread still runs.
+        inbox.cancel_join_thread()
         receive, send = self._ctx.Pipe(duplex=False)
         log_path = None
         if self.log_dir:
@@ -406,7 +410,6 @@ class LocalExecutor:
         self._causes[message] = where
         worker.done = True
         _kill_group(worker.process.pid)
-        worker.inbox.cancel_join_thread()  # as in _on_death
         self._requeue_or_fail(worker, f"worker on {worker.device} failed: {message}")
         del self._workers[worker.wid]
         if not self._ever_ready and not self._workers:
@@ -451,9 +454,6 @@ class LocalExecutor:
         """Retry or fail what a dead worker held, and start a replacement on its device."""
         code = worker.process.exitcode
         _kill_group(worker.process.pid)  # its engine subprocesses go with it
-        # Items it never read may fill its queue's pipe, and the queue's feeder thread would then block
-        # this process's exit for ever, waiting to write them (images sent in memory are large).
-        worker.inbox.cancel_join_thread()
         if not worker.ready and worker.killed_for:  # stuck loading: a start failure, not a sample's
             self._fatal(worker, f"worker {worker.killed_for}", "its log")
             return
@@ -497,7 +497,6 @@ class LocalExecutor:
         for worker in self._workers.values():
             worker.process.join(timeout=max(0.1, deadline - time.monotonic()))
             _kill_group(worker.process.pid)  # stragglers: a stuck worker, its engine processes
-            worker.inbox.cancel_join_thread()  # every worker is gone: nothing more can be read
         if self._writer is not None:
             self._writer.close()
         if self._lock:

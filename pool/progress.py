@@ -163,8 +163,9 @@ class Progress:
             self._last_log = time.monotonic()
             done = sum(x.done for x in self.slots.values())
             rate = done / max(1e-9, self._last_log - self.start)
-            each = "; ".join(f"[{n}] {x.device} {x.done} done" + (f", step {x.step}" if x.step else "")
-                             + (f", {self.gpus.now(x.gpus)}" if self.gpus.now(x.gpus) else "")
+            each = "; ".join(", ".join(part for part in (f"[{n}] {x.device} {x.done} done",
+                                                         f"step {x.step}" if x.step else "", self.gpus.now(x.gpus))
+                                       if part)
                              for n, x in sorted(self.slots.items()))
             print(f"progress: {done}/{self.total} ({rate:.2f} {self.unit}/s) | {each}", file=sys.stderr, flush=True)
 

@@ -117,8 +117,9 @@ class Prepared:
 
 
 def image_of(item: dict, role: str):
-    """A sample's image in a role (`image`: judged; `source`: the edit's input): the one a request sent in
-    memory (`image_data`, `source_data`: bytes or a PIL image, see score/scorer.py), else its file."""
+    """A sample's image in a role (`image`: judged; `source`: the edit's input): the one a request sent
+    (`image_data`, `source_data`: a PIL image in memory, or the file its bytes were spilled to; see
+    score/scorer.py), else its own file."""
     data = item.get(f"{role}_data")
     return data if data is not None else item.get("image_path" if role == "image" else "source_image")
 

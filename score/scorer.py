@@ -75,8 +75,8 @@ class Scorer:
         self.replicas = Replicas(len(self.placement.devices))
         self.identity = identity(self.config, template)
         self._seq = itertools.count()
+        self._tasks = {self.task}  # tasks whose questions exist for this protocol
         self._closed = False
-        self._spill = spill_dir()
         self._own_dir = log_dir is None
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="genscore-scorer-"))
         self._rundir = RunDir(self.log_dir, config_name="score.json")
@@ -88,6 +88,7 @@ class Scorer:
         except BaseException:
             self._rundir.unlock()
             raise
+        self._spill = spill_dir()
         self._thread = threading.Thread(target=self._run, name="genscore-replicas", daemon=True)
         self._thread.start()
 
@@ -144,10 +145,12 @@ class Scorer:
         image = _first(raw, IMAGE_FIELDS, self.config.image_column)
         source = _first(raw, SOURCE_FIELDS, self.config.source_column)
         task = self.config.task if self.config.task != "auto" else ("edit" if source is not None else "t2i")
-        try:
-            resolve_template(self.config, task)
-        except ValueError as exc:
-            raise ItemError(f"item {sample_id}: {exc}") from None
+        if task not in self._tasks:  # checked once per task; one without questions (editscore's t2i) each time
+            try:
+                resolve_template(self.config, task)
+            except ValueError as exc:
+                raise ItemError(f"item {sample_id}: {exc}") from None
+            self._tasks.add(task)
         if image is None:
             raise ItemError(f"item {sample_id}: no image to judge (give it as `image`)")
         if task == "edit" and source is None:
@@ -158,13 +161,13 @@ class Scorer:
         item = {"key": f"{sample_id}#{seq}", "sample_id": sample_id, "index": seq, "task": task,
                 "prompt": None if prompt is None else str(prompt), "category": raw.get("category"),
                 "extra": json.dumps(extra, default=str, ensure_ascii=False) if extra else None}
-        for role, value in (("image", image), ("source", source)):
-            if value is not None:
-                item.update(_image_fields(role, value, sample_id))
-            if isinstance(item.get(f"{role}_data"), bytes):  # see spill_dir
-                spilled = self._spill / f"{seq}-{role}"
-                spilled.write_bytes(item[f"{role}_data"])
-                item[f"{role}_data"] = spilled
+        try:
+            for role, value in (("image", image), ("source", source)):
+                if value is not None:
+                    item.update(_image_fields(role, value, sample_id, self._spill / f"{seq}-{role}"))
+        except ItemError:
+            _unspill(item)  # the image spilled before its source failed
+            raise
         return item
 
     def close(self) -> None:
@@ -190,13 +193,12 @@ class Scorer:
 
 
 class Replicas:
-    """The executor's progress hooks, kept as the service's view of its replicas: which have loaded,
-    rows ok and failed."""
+    """The executor's progress hooks, kept as the service's view of its replicas: which have loaded, and
+    why they stopped for good."""
 
     def __init__(self, count: int):
         self.count = count
         self.loaded: set[int] = set()
-        self.ok = self.failed = 0
         self.error: str | None = None
         self.ready_event = threading.Event()
 
@@ -219,7 +221,7 @@ class Replicas:
         pass
 
     def row(self, slot: int, ok: bool) -> None:
-        self.ok, self.failed = self.ok + ok, self.failed + (not ok)
+        pass  # serve.Metrics counts the rows it answers
 
     def close(self) -> None:
         self.loaded.clear()
@@ -233,9 +235,10 @@ def _first(raw: dict, names: tuple[str, ...], column: str | None) -> Any:
     return None
 
 
-def _image_fields(role: str, value: Any, sample_id: str) -> dict:
+def _image_fields(role: str, value: Any, sample_id: str, spill: Path) -> dict:
     """An image given as a path, encoded bytes, a PIL image or a numpy array, checked (decodable header,
-    at most PIL's decompression-bomb limit of pixels) and kept as the stage reads it (judge.image_of)."""
+    at most PIL's decompression-bomb limit of pixels) and kept as the stage reads it (judge.image_of):
+    encoded bytes are written to `spill` (see spill_dir)."""
     from PIL import Image
 
     path_field = "image_path" if role == "image" else "source_image"
@@ -247,7 +250,8 @@ def _image_fields(role: str, value: Any, sample_id: str) -> dict:
         if isinstance(value, (bytes, bytearray, memoryview)):
             with Image.open(io.BytesIO(value)) as image:
                 _check_pixels(image.size)
-            return {f"{role}_data": bytes(value)}
+            spill.write_bytes(value)
+            return {f"{role}_data": spill}
         if not isinstance(value, Image.Image):
             value = Image.fromarray(_as_array(value))
         _check_pixels(value.size)

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from data.config import parse_config
 from pool.stream import QueueFull
 from score.config import ScoreConfig, _f
-from score.scorer import ItemError, Scorer
+from score.scorer import IMAGE_FIELDS, SOURCE_FIELDS, ItemError, Scorer
 
 KEY_ENV = "GENSCORE_API_KEY"
 IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
@@ -123,31 +123,31 @@ def json_items(payload: Any, config: ServeConfig) -> list[dict]:
     if len(items) > config.max_items:
         raise RequestError(f"{len(items)} items in one request; at most {config.max_items} (--max-items)")
     root = Path(config.allow_paths).resolve() if config.allow_paths else None
+    # the fields Scorer.item reads images from, --image-column / --source-column included
+    image_keys = {*IMAGE_FIELDS, *SOURCE_FIELDS, config.image_column, config.source_column} - {None}
     out = []
     for n, item in enumerate(items):
         if not isinstance(item, dict):
             raise RequestError(f"item {n}: an object, not {type(item).__name__}")
         try:
-            out.append({k: decode_image(v, root) if k in IMAGE_KEYS and v is not None else v
+            out.append({k: decode_image(v, root) if k in image_keys and v is not None else v
                         for k, v in item.items()})
         except RequestError as exc:
             raise RequestError(f"item {item.get('id', n)}: {exc}", exc.status) from None
     return out
 
 
-IMAGE_KEYS = {"image", "image_path", "output_image", "edited_image", "source_image", "input_image", "source"}
-
-
-def editscore_items(data: Any) -> list[dict]:
+def editscore_items(data: Any) -> tuple[list[dict], list[dict]]:
     """EditScore's reward client payload (reward_client_edit.py): input_images (a list of input images per
-    sample), output_image, meta_datas (JSON strings with "instruction"), server_type."""
+    sample), output_image, meta_datas (JSON strings with "instruction"), server_type. Returns the items and
+    the meta_datas read."""
     try:
         inputs, outputs, metas = data["input_images"], data["output_image"], data["meta_datas"]
     except (TypeError, KeyError) as exc:
         raise RequestError(f"not an EditScore reward request (missing {exc})") from None
     if not len(inputs) == len(outputs) == len(metas):
         raise RequestError(f"{len(inputs)} input_images, {len(outputs)} output_image, {len(metas)} meta_datas")
-    items = []
+    items, read = [], []
     for n, (source, edited, meta) in enumerate(zip(inputs, outputs, metas)):
         meta = json.loads(meta) if isinstance(meta, str) else meta
         if isinstance(source, (list, tuple)):
@@ -158,15 +158,15 @@ def editscore_items(data: Any) -> list[dict]:
             raise RequestError(f"sample {n}: its meta_data names no instruction")
         items.append({"id": str(meta.get("id", n)), "prompt": meta["instruction"], "image": edited,
                       "source_image": source})
-    return items
+        read.append(meta)
+    return items, read
 
 
-def editscore_answer(rows: list[dict], metas: list) -> dict:
+def editscore_answer(rows: list[dict], metas: list[dict]) -> dict:
     """The answer reward_proxy.py gives: reward = overall / 10, score = reward >= 0.5, in order. A failed row
     gets reward 0.0 and its error in meta_data, as the proxy answers a sample with no result."""
     rewards, reasoning, meta_out = [], [], []
     for n, (row, meta) in enumerate(zip(rows, metas)):
-        meta = json.loads(meta) if isinstance(meta, str) else dict(meta)
         meta["original_index"] = n
         ok = row["status"] == "ok" and row["overall"] is not None
         rewards.append(row["overall"] / 10 if ok else 0.0)
@@ -176,6 +176,9 @@ def editscore_answer(rows: list[dict], metas: list) -> dict:
         meta_out.append(meta)
     return {"scores": [1.0 if r >= 0.5 else 0.0 for r in rewards], "rewards": rewards, "reasoning": reasoning,
             "strict_rewards": list(rewards), "meta_data": meta_out}
+
+
+RATE_WINDOW_S = 60.0
 
 
 class Metrics:
@@ -205,8 +208,9 @@ class Metrics:
         for row in rows:
             self.rows.labels(row["status"]).inc()
             self.finished.append(now)
+        self.rate()  # drops what left the window: the deque stays a minute long whether or not anyone scrapes
 
-    def rate(self, window_s: float = 60.0) -> float:
+    def rate(self, window_s: float = RATE_WINDOW_S) -> float:
         now = time.monotonic()
         while self.finished and self.finished[0] < now - window_s:
             self.finished.popleft()
@@ -299,7 +303,7 @@ def create_app(scorer: Scorer, config: ServeConfig):
         try:
             body = await read_body(request, limit)
             data = await asyncio.to_thread(pickle.loads, body)  # opted in with --allow-pickle
-            items = editscore_items(data)
+            items, metas = editscore_items(data)
         except RequestError as exc:
             return error(str(exc), exc.status, "/")
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
@@ -307,7 +311,7 @@ def create_app(scorer: Scorer, config: ServeConfig):
         rows = await scored(items, "/", started)
         if isinstance(rows, Response):
             return rows
-        answer = editscore_answer(rows, data["meta_datas"])
+        answer = editscore_answer(rows, metas)
         return Response(pickle.dumps(answer), media_type="application/octet-stream")
 
     return app
