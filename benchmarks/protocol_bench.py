@@ -133,6 +133,10 @@ def main() -> None:
                              "length measured in an earlier job on the same machine")
     parser.add_argument("--model", default=None, help="a model folder instead of the shape (tiny:qwen3vl on CPU "
                                                       "for a smoke run)")
+    parser.add_argument("--model-runner", default="auto", choices=["auto", "v1", "v2"],
+                        help="our modes: vLLM's model runner (score.run --model-runner)")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="our modes: score.run --max-model-len (default: the protocol's own sizing)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="editscore-bench-"))
     from data.models import resolve_model
@@ -144,7 +148,9 @@ def main() -> None:
                     "model": args.model or f"qwen3-vl-{args.shape} shape, dummy weights"}
     modes = args.modes.split(",")
     monitor = Monitor()
-    ours = functools.partial(run_ours, model, pairs, monitor=monitor, device=args.device)
+    engine = {"model_runner": args.model_runner, **({"max_model_len": args.max_model_len} if args.max_model_len else {})}
+    result["our_engine"] = engine
+    ours = functools.partial(run_ours, model, pairs, monitor=monitor, device=args.device, **engine)
     equal = dict(decoding="free", ignore_eos=True, reask=False)  # a forced length, one ask
     try:
         for mode in modes:  # a line per mode as it ends: a run cut short still reports what it measured

@@ -184,7 +184,8 @@ def score_config(model: str, manifest: Path, out: Path, args, **overrides):
     values = dict(task="caption", prompt=PROMPT, model=model, input=str(manifest), output_dir=str(out),
                   max_tokens=64, ignore_eos=True, load_format=args.load_format, max_model_len=4096,
                   max_num_seqs=args.max_num_seqs, devices=args.device, progress="none", max_pixels=args.size ** 2,
-                  mm_processor_cache_gb=args.mm_processor_cache_gb, quantize=args.quantize)
+                  mm_processor_cache_gb=args.mm_processor_cache_gb, quantize=args.quantize,
+                  model_runner=args.model_runner)
     values.update(overrides)
     return ScoreConfig(**values)
 
@@ -263,7 +264,7 @@ def raw_engine(model: str, manifest: Path, args, as_users_run_it: bool = False):
     if device == "cpu":
         set_cpu_engine(config)  # as our replica does
     start = time.time()
-    kwargs = engine_args(config, device, 1)
+    kwargs = engine_args(config, device, 1, caption_template(PROMPT))
     if as_users_run_it and not args.max_num_seqs:
         kwargs.pop("max_num_seqs", None)
     llm = LLM(**{**kwargs, **args.engine_kwargs})
@@ -336,6 +337,8 @@ def main() -> None:
     parser.add_argument("--modes", default="ours,raw,hf")
     parser.add_argument("--replicas", type=int, default=1, help="ours only: replicas (one GPU each)")
     parser.add_argument("--replicas-per-gpu", type=int, default=1, help="ours only: replicas sharing each GPU")
+    parser.add_argument("--model-runner", default="auto", choices=["auto", "v1", "v2"],
+                        help="ours only: vLLM's model runner (raw and engine run vLLM's default, as users do)")
     args = parser.parse_args()
     if args.model and args.layers:
         parser.error("--layers shapes the bench's own model; it cannot change a --model folder")
@@ -348,7 +351,7 @@ def main() -> None:
     manifest = write_images(work / "images", args.images, args.size, args.distinct_images)
     result: dict = {"workload": f"score {args.images} x {args.size}px, 64 output tokens",
                     "distinct_images": args.distinct_images or args.images, "model": args.model or shape,
-                    "quantize": args.quantize, "engine_kwargs": args.engine_kwargs}
+                    "quantize": args.quantize, "engine_kwargs": args.engine_kwargs, "model_runner": args.model_runner}
     modes = args.modes.split(",")
     monitor = Monitor()
     try:

@@ -105,6 +105,10 @@ class ScoreConfig:
     structured_backend: Literal["guidance", "xgrammar"] = _f(
         "guidance", "vLLM's engine for schema-bound answers (both enforce the same JSON schema; part of the "
                     "run's identity, since their token masks may differ)")
+    model_runner: Literal["auto", "v1", "v2"] = _f(
+        "auto", "vLLM's model runner on GPUs: auto = v2 where the judge samples (editscore: v2 draws every seeded "
+                "request's noise in one kernel, v1 loops over them), else vLLM's own choice (v1 for Qwen-VL in "
+                "vLLM 0.24). Part of the run's identity: the two draw different samples from one seed. CPU: v1")
     enforce_eager: bool | None = _f(None, "skip CUDA graphs / torch.compile (faster start, slower run); default: "
                                           "on CPU, where vLLM compiles afresh at every start, off on GPUs")
     max_tokens: int | None = _f(None, "output tokens per answer (default: the protocol's own: 512 for viescore and "

@@ -148,3 +148,22 @@ def test_a_judge_lora_is_served_by_vllm(tiny_models, tmp_path):
         assert [r["status"] for r in rows] == ["ok"] * 2, [r["error"] for r in rows]
         answers[lora] = {r["key"]: r["raw_response"] for r in rows}
     assert answers[None].keys() == answers[lora].keys() and answers[None] != answers[lora]
+
+
+def test_sampled_judges_run_vllms_v2_runner_on_gpus(tiny_models):
+    """v1 loops over seeded requests to sample them; v2 samples them in one kernel, so sampled protocols take v2
+    on GPUs, greedy ones keep vLLM's choice, CPU replicas keep v1, and a flag always wins."""
+    from score.engine import model_runner
+    from score.judge import resolve_template
+
+    def runner(device: str, **flags) -> str:
+        config = ScoreConfig(model=str(tiny_models["qwen3vl"]), task="edit", **flags)
+        return model_runner(config, device, resolve_template(config, "edit"))
+
+    assert runner("cuda", protocol="editscore") == "v2"  # temperature 0.7, seeds 42 + pass
+    assert runner("cuda", protocol="viescore") == "auto"  # greedy
+    assert runner("cuda", protocol="viescore", temperature=0.5) == "v2"
+    assert runner("cuda", protocol="editscore", model_runner="v1") == "v1"
+    assert runner("cpu", protocol="editscore") == "auto"
+    with pytest.raises(ValueError, match="needs a GPU"):
+        runner("cpu", protocol="editscore", model_runner="v2")
