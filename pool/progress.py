@@ -32,7 +32,7 @@ class GpuMonitor:
     driver's library)."""
 
     def __init__(self, every_s: float = 1.0):
-        self.samples: dict[str, list[tuple[float, float]]] = {}  # GPU (index or UUID) -> [(util %, memory GiB)]
+        self.samples: dict[str, list[tuple[float, float, float]]] = {}  # GPU -> [(monotonic s, util %, memory GiB)]
         self._handles: dict[str, object] = {}
         self._stop = threading.Event()
         try:
@@ -70,20 +70,22 @@ class GpuMonitor:
                     used = self._nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
                 except Exception:  # noqa: BLE001 - a GPU gone mid-run: its last figures stay
                     continue
-                self.samples.setdefault(gpu, []).append((float(util), used))
+                self.samples.setdefault(gpu, []).append((time.monotonic(), float(util), used))
 
     def now(self, gpus: list[str]) -> str:
         """`87% 41.2GiB` for the latest samples of these GPUs (the busiest, the memory summed), or ''."""
         last = [self.samples[g][-1] for g in gpus if self.samples.get(g)]
-        return f"{max(u for u, _ in last):.0f}% {sum(m for _, m in last):.1f}GiB" if last else ""
+        return f"{max(u for _, u, _ in last):.0f}% {sum(m for _, _, m in last):.1f}GiB" if last else ""
 
-    def summary(self, gpus: list[str]) -> tuple[float, float] | None:
-        """(mean utilisation %, peak memory GiB) over the run, or None without samples."""
+    def summary(self, gpus: list[str], start: float = 0.0, end: float = float("inf")) -> tuple[float, float] | None:
+        """(mean utilisation % from `start` to `end`, peak memory GiB over the run), or None without samples.
+        The caller's span is its worker's working time: a model's load would pull the mean down."""
         series = [self.samples[g] for g in gpus if self.samples.get(g)]
         if not series:
             return None
-        mean = sum(sum(u for u, _ in s) / len(s) for s in series) / len(series)
-        return mean, sum(max(m for _, m in s) for s in series)
+        spans = [[u for t, u, _ in s if start <= t <= end] or [u for _, u, _ in s] for s in series]
+        mean = sum(sum(u) / len(u) for u in spans) / len(spans)
+        return mean, sum(max(m for _, _, m in s) for s in series)
 
     def close(self) -> None:
         self._stop.set()
@@ -96,6 +98,7 @@ class _Slot:
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
     last: float = 0.0
+    ready: float = 0.0                              # when its stage had loaded (0: not reported)
     step: str = ""                                  # the item in flight: "26/30" denoising steps
     gpus: list[str] = field(default_factory=list)   # what the GPU monitor samples for it
 
@@ -136,7 +139,9 @@ class Progress:
                 )
 
     def worker_ready(self, slot: int) -> None:
-        """A worker has loaded its stage (a service counts these for its health)."""
+        """A worker has loaded its stage: its GPU's mean utilisation counts from here."""
+        if slot in self.slots:
+            self.slots[slot].ready = time.monotonic()
 
     def step(self, slot: int, done: int, total: int) -> None:
         """The item in flight on `slot` is `done` of `total` steps in (a pipeline's denoising)."""
@@ -179,7 +184,7 @@ class Progress:
 
     def table(self) -> str:
         """Per device: done, ok, failed, throughput; then the total."""
-        gpu = {slot: self.gpus.summary(s.gpus) for slot, s in self.slots.items()}
+        gpu = {slot: self.gpus.summary(s.gpus, s.ready, s.last or float("inf")) for slot, s in self.slots.items()}
         shown = any(gpu.values())  # no GPU figures (CPU, no NVML): no empty columns either
         lines = [f"{'worker':<8}{'device':<14}{'done':>7}{'ok':>7}{'failed':>8}{self.unit + '/s':>10}"
                  + (f"{'gpu util':>10}{'peak mem':>10}" if shown else "")]
