@@ -22,6 +22,8 @@ lengths are forced where the comparison needs them equal (tokens/s grows with an
                length in its own run (--ignore-eos), one ask (its batch_evaluate asks once): pairs/s at equal work.
 - vie_schema / vie_free: `--protocol viescore`, the default edit protocol, end to end with each decoding at
                its natural lengths (free: re-asks as the protocol does, since random text never parses).
+--model-runner v1|v2 and --max-model-len set our modes' engine (score.run's flags), to compare runners side by
+side in one job on one machine (EditScore's modes keep their own engine).
 Each mode reports pairs/s, output tokens per pair and per second, start-up and GPU busy; prints a JSON line
 after each mode (the last one has everything). Needs a GPU, vLLM, and the `editscore`, `qwen-vl-utils`,
 `peft` packages for the `editscore` modes.

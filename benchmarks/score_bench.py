@@ -16,7 +16,8 @@ for raw vLLM) + a ~150-character prompt per request, exactly 64 output tokens (i
 --distinct-images N makes the requests cycle through N different images (default: all different);
 repeats are cheap only with vLLM's processor cache on (--mm-processor-cache-gb 4): compare at equal N.
 --quantize fp8 runs every mode with vLLM's float8 weights (lossy); --engine-kwargs '{...}' gives raw and
-engine extra vLLM engine arguments, to try a setting before it becomes a score.run flag.
+engine extra vLLM engine arguments, to try a setting before it becomes a score.run flag; --model-runner
+v1|v2 sets ours (score.run --model-runner) while raw keeps vLLM's default, as users run it.
 --layers N keeps N text layers and N vision blocks (real widths, real processor): the GPU then has
 little to do, so one replica shows its front-end's ceiling, and --replicas-per-gpu 2 shows whether
 two replicas' front-ends scale on one host without a second GPU.
