@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from data.models import resolve_model
 from pool.stage import Feed
 from score.config import ScoreConfig
-from score.judge import DEFAULT_SAMPLING, Judge, Prepared, Request, engine_dtype, processor_kwargs
+from score.judge import Judge, Prepared, Request, engine_dtype, processor_kwargs
 from score.model_info import adapter_rank
 from score.stage import ScoreStage
 
@@ -46,9 +46,7 @@ def model_runner(config: ScoreConfig, device: str, template) -> str:
         raise ValueError("--model-runner v2 needs a GPU: vLLM's v2 runner samples with Triton kernels")
     if config.model_runner != "auto" or device != "cuda":
         return config.model_runner
-    temperature = config.temperature if config.temperature is not None else \
-        template.sampling.get("temperature", DEFAULT_SAMPLING["temperature"])
-    return "v2" if temperature > 0 else "auto"
+    return "v2" if Judge(config, template, tokenizer=None).sampling()["temperature"] > 0 else "auto"
 
 
 def engine_args(config: ScoreConfig, device: str, tp: int, template) -> dict:
